@@ -1,0 +1,34 @@
+"""The lab's load against each engine: the measurement every threshold reads must itself be sound.
+
+These run on any hardware (with or without table entries), so an unknown machine still gets its figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+ENGINES = ["vllm", "hf"]
+
+
+@pytest.mark.parametrize("config_name", ENGINES)
+def test_lab_load_is_served_exactly(config_name: str, bench, expectations, measure_or_skip) -> None:
+    workload = expectations.workload("lab", gpu=bench.profile.hardware.gpu)
+    m = measure_or_skip(config_name, workload)
+    assert m.metrics.failed == 0, f"{m.metrics.failed} requests failed: {m.metrics.errors}"
+    counts = {r.output_tokens for r in m.records}
+    assert counts == {workload.output_len}, f"output token counts {sorted(counts)} != {workload.output_len}"
+    assert all(r.ttft <= r.e2el for r in m.records)
+    assert m.metrics.max_concurrent_requests == workload.concurrency
+    assert not [w for w in m.warnings if "client saturated" in w], m.warnings
+
+
+@pytest.mark.parametrize("config_name", ENGINES)
+def test_batch_efficiency_is_measured(config_name: str, bench, expectations, measure_or_skip) -> None:
+    """Throughput at the lab's concurrency over C x single-stream throughput, on the same server."""
+    from servingbench.thresholds import single_stream
+
+    workload = expectations.workload("lab", gpu=bench.profile.hardware.gpu)
+    loaded = measure_or_skip(config_name, workload)
+    single = measure_or_skip(config_name, single_stream(workload))
+    efficiency = loaded.metrics.output_throughput / (workload.concurrency * single.metrics.output_throughput)
+    assert 0 < efficiency <= 1.25, f"batch efficiency {efficiency:.3f} is outside (0, 1.25]: a measurement is off"

@@ -1,0 +1,61 @@
+"""What one request looked like from the client: the raw facts every metric is computed from.
+
+Times are ``time.perf_counter()`` seconds. A record holds only observations (when the request was queued,
+sent, when each content chunk arrived, what ``usage`` said); every derived figure lives in ``metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    prompt_len: int
+    max_tokens: int
+    queued_at: float = 0.0  # when the load generator scheduled it (arrival time)
+    start: float = 0.0  # right before the HTTP request was sent
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each chunk carrying content
+    output_tokens: int | None = None  # usage.completion_tokens, as the server counted them
+    generated_text: str = ""
+    error: str | None = None
+    status: int | None = None  # HTTP status, when one was received
+
+    @property
+    def success(self) -> bool:
+        return self.error is None and bool(self.chunk_times)
+
+    @property
+    def queue_time(self) -> float:
+        """Client-side wait between arrival and send (concurrency limit); not part of the latency."""
+        return max(0.0, self.start - self.queued_at)
+
+    @property
+    def ttft(self) -> float:
+        return self.chunk_times[0] - self.start
+
+    @property
+    def e2el(self) -> float:
+        """Start to the last content chunk: a trailing usage-only chunk does not extend it."""
+        return self.chunk_times[-1] - self.start
+
+    @property
+    def itls(self) -> list[float]:
+        """Gaps between consecutive content chunks (one chunk may carry several tokens)."""
+        t = self.chunk_times
+        return [b - a for a, b in zip(t, t[1:])]
+
+    @property
+    def tpot(self) -> float | None:
+        """(E2EL - TTFT) / (N - 1), defined for N > 1 output tokens."""
+        n = self.output_tokens or 0
+        return (self.e2el - self.ttft) / (n - 1) if n > 1 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RequestRecord":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

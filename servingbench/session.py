@@ -1,0 +1,183 @@
+"""A perf session: which servers are up, and the measurements taken so far.
+
+``ServerPool`` starts each distinct config once and keeps at most one server alive (a 7B model leaves no room
+for two on one GPU). ``BenchSession.measure`` runs a workload against a named config once per session and
+caches the result, so every test that asserts on it (thresholds, baselines, ratios) reads the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from . import telemetry
+from .configs import RunProfile, Workload
+from .load import run_load
+from .results import Measurement, software_versions
+from .server import ServerConfig, ServerProcess, ServerStartError
+
+
+class ServerUnavailable(Exception):
+    """This config cannot be served in this session (remote mode, or it failed to start); the reason says why."""
+
+
+class ServerPool:
+    def __init__(self, log_dir: Path, *, api_key: str | None = None, gpu: bool = False,
+                 startup_timeout: float = 900.0) -> None:
+        self.log_dir = log_dir
+        self.api_key = api_key
+        self.gpu = gpu
+        self.startup_timeout = startup_timeout
+        self.current: tuple[ServerConfig, ServerProcess] | None = None
+        self.failed: dict[ServerConfig, str] = {}
+        self.started: list[tuple[ServerConfig, float]] = []
+
+    def get(self, config: ServerConfig) -> ServerProcess:
+        """The running server for ``config``, starting it (and stopping any other) if needed."""
+        if config in self.failed:
+            raise ServerUnavailable(self.failed[config])
+        if self.current and self.current[0] == config:
+            if self.current[1].is_running():
+                return self.current[1]
+            self.stop()  # it died since its last use: start afresh
+        self.stop()
+        server = ServerProcess(config, self.log_dir, api_key=self.api_key, gpu=self.gpu,
+                               startup_timeout=self.startup_timeout)
+        try:
+            server.start()
+        except ServerStartError as e:
+            self.failed[config] = str(e)
+            raise
+        self.current = (config, server)
+        self.started.append((config, server.startup_seconds or 0.0))
+        return server
+
+    def release(self, keep: set[ServerConfig] = frozenset()) -> None:  # type: ignore[assignment]
+        """Stop the running server unless a config in ``keep`` is the one running."""
+        if self.current and self.current[0] not in keep:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.current:
+            self.current[1].stop()
+            self.current = None
+
+
+@dataclass
+class BenchSession:
+    profile: RunProfile
+    results_dir: Path
+    configs: dict[str, dict[str, Any]]
+    api_key: str | None = None
+    server_url: str | None = None  # remote mode: measure this deployment, start nothing
+    request_timeout_s: float = 600.0
+    startup_timeout_s: float = 900.0
+    progress: bool = False
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    pool: ServerPool = field(init=False)
+    _runs_per_config: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = ServerPool(self.results_dir / "logs", api_key=self.api_key, gpu=self.profile.hardware.gpu,
+                               startup_timeout=self.startup_timeout_s)
+
+    @property
+    def remote(self) -> bool:
+        return self.server_url is not None
+
+    def config(self, name: str, overrides: dict[str, Any] | None = None) -> ServerConfig:
+        if overrides:
+            entry = dict(self.configs.get(name, {}), **overrides)
+            engine = entry.pop("engine")
+            return self.profile.server_config(engine, **entry)
+        return self.profile.named_config(name, self.configs)
+
+    def measure(self, config_name: str, workload: Workload, *, config: ServerConfig | None = None,
+                after: Callable[[ServerProcess | None, Measurement], None] | None = None) -> Measurement:
+        """Run ``workload`` against ``config_name`` once per session; later calls return the same result."""
+        config = config or self.config(config_name)
+        key = f"{config_name}--{workload.label}"
+        if key in self.measurements:
+            return self.measurements[key]
+        if key in self.errors:
+            raise ServerUnavailable(self.errors[key])
+        if self.remote and config.engine != "vllm":
+            raise ServerUnavailable(f"--server-url mode measures the given deployment only; config "
+                                    f"{config_name!r} ({config.engine}) needs a server this suite starts")
+        try:
+            server = None if self.remote else self.pool.get(config)
+        except (ServerStartError, ServerUnavailable) as e:
+            self.errors[key] = str(e)
+            raise
+        url = self.server_url or (server.url if server else "")
+        model = self._remote_model() if self.remote else config.name
+        run_index = self._runs_per_config.get(config_name, 0)
+        self._runs_per_config[config_name] = run_index + 1
+        seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
+        specs = workload.specs(self.profile.vocab_size, seed)
+        sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
+        with sampler:
+            result = asyncio.run(run_load(url, model, specs, workload.shape(seed, self.request_timeout_s),
+                                          api_key=self.api_key, progress=self.progress,
+                                          warmup_specs=workload.warmup_specs(self.profile.vocab_size, seed)))
+        warnings = list(result.warnings)
+        if server is not None and not server.is_running():
+            warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
+        m = Measurement(
+            key=key, engine=config.engine, config_name=config_name, config=config.to_dict(),
+            workload=workload.to_dict(), metrics=result.metrics(), telemetry=sampler.summary(),
+            records=result.records, started_at=result.started_at,
+            server_startup_s=server.startup_seconds if server else None, server_url=url,
+            memory_total_gib=psutil.virtual_memory().total / telemetry.GIB,
+            kv_cache=self._kv_cache(url, config), warnings=warnings,
+            environment={"hardware": self.profile.hardware.profile, "model": self.profile.model.name,
+                         "versions": software_versions(), "gpus": telemetry.gpu_info()},
+            loop_lag_ms_p99=result.loop_lag_ms_p99)
+        if after is not None:
+            after(server, m)
+        m.save(self.results_dir)
+        self.measurements[key] = m
+        return m
+
+    def _remote_model(self) -> str:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.server_url}/v1/models")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())["data"][0]["id"]
+
+    def _kv_cache(self, url: str, config: ServerConfig) -> dict[str, Any]:
+        """Block size and block count from vLLM's /metrics (``cache_config_info``); {} for other servers."""
+        if config.engine != "vllm":
+            return {}
+        try:
+            samples = telemetry.fetch_metrics(url, self.api_key)
+        except Exception:
+            return {}
+        info = telemetry.metric_labels(samples, "vllm:cache_config_info")
+        out: dict[str, Any] = {k: info[k] for k in ("block_size", "num_gpu_blocks", "cache_dtype",
+                                                     "enable_prefix_caching") if k in info}
+        if "block_size" in out and "num_gpu_blocks" in out and out["num_gpu_blocks"] not in ("None", ""):
+            out["capacity_tokens"] = int(out["block_size"]) * int(out["num_gpu_blocks"])
+        hits = telemetry.metric_sum(samples, "vllm:prefix_cache_hits")
+        queries = telemetry.metric_sum(samples, "vllm:prefix_cache_queries")
+        if hits is not None and queries:
+            out["prefix_cache_hit_rate_cumulative"] = hits / queries
+        return out
+
+    def close(self) -> None:
+        self.pool.stop()
+
+    def wall_clock(self) -> float:
+        return time.time()
