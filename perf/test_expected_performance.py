@@ -10,7 +10,6 @@ from servingbench.thresholds import Bound, bound_value
 
 
 def test_expectation(bound: Bound, bench, expectations, measure_or_skip) -> None:
-    workload = expectations.workload(bound.workload, gpu=bench.profile.hardware.gpu)
-    value = bound_value(bound, measure_or_skip, workload)
+    value = bound_value(bound, measure_or_skip, lambda config: bench.workload(expectations, bound.workload, config))
     problem = bound.violation(value)
     assert problem is None, problem

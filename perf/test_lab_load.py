@@ -12,7 +12,7 @@ ENGINES = ["vllm", "hf"]
 
 @pytest.mark.parametrize("config_name", ENGINES)
 def test_lab_load_is_served_exactly(config_name: str, bench, expectations, measure_or_skip) -> None:
-    workload = expectations.workload("lab", gpu=bench.profile.hardware.gpu)
+    workload = bench.workload(expectations, "lab", config_name)
     m = measure_or_skip(config_name, workload)
     assert m.metrics.failed == 0, f"{m.metrics.failed} requests failed: {m.metrics.errors}"
     counts = {r.output_tokens for r in m.records}
@@ -27,7 +27,7 @@ def test_batch_efficiency_is_measured(config_name: str, bench, expectations, mea
     """Throughput at the lab's concurrency over C x single-stream throughput, on the same server."""
     from servingbench.thresholds import single_stream
 
-    workload = expectations.workload("lab", gpu=bench.profile.hardware.gpu)
+    workload = bench.workload(expectations, "lab", config_name)
     loaded = measure_or_skip(config_name, workload)
     single = measure_or_skip(config_name, single_stream(workload))
     efficiency = loaded.metrics.output_throughput / (workload.concurrency * single.metrics.output_throughput)

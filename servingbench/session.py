@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
@@ -21,6 +20,9 @@ from .configs import RunProfile, Workload
 from .load import run_load
 from .results import Measurement, software_versions
 from .server import ServerConfig, ServerProcess, ServerStartError
+
+if TYPE_CHECKING:
+    from .thresholds import ExpectationTable
 
 
 class ServerUnavailable(Exception):
@@ -100,6 +102,10 @@ class BenchSession:
             return self.profile.server_config(engine, **entry)
         return self.profile.named_config(name, self.configs)
 
+    def workload(self, table: "ExpectationTable", name: str, config_name: str) -> Workload:
+        """The variant of workload ``name`` that ``config_name`` runs on this hardware."""
+        return table.workload(name, self.profile.hardware.gpu, self.config(config_name).engine)
+
     def measure(self, config_name: str, workload: Workload, *, config: ServerConfig | None = None,
                 after: Callable[[ServerProcess | None, Measurement], None] | None = None) -> Measurement:
         """Run ``workload`` against ``config_name`` once per session; later calls return the same result."""
@@ -178,6 +184,3 @@ class BenchSession:
 
     def close(self) -> None:
         self.pool.stop()
-
-    def wall_clock(self) -> float:
-        return time.time()

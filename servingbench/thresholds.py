@@ -73,13 +73,16 @@ class ExpectationTable:
     def hardware_profiles(self) -> list[str]:
         return sorted({b.hardware for b in self.bounds})
 
-    def workload(self, name: str, gpu: bool) -> Workload:
+    def workload(self, name: str, gpu: bool, engine: str | None = None) -> Workload:
+        """The cpu or gpu variant of a workload; a "gpu-hf"-style variant, when present, is that engine's."""
         if name not in self.workloads:
             raise ConfigError(f"unknown workload {name!r} in {self.path}; known: {sorted(self.workloads)}")
         variants = self.workloads[name]
         key = "gpu" if gpu else "cpu"
+        if engine and f"{key}-{engine}" in variants:
+            return variants[f"{key}-{engine}"]
         if key not in variants:
-            raise ConfigError(f"workload {name!r} in {self.path} has no [{name}.{key}] variant")
+            raise ConfigError(f"workload {name!r} in {self.path} has no {key} variant")
         return variants[key]
 
 
@@ -130,10 +133,14 @@ def single_stream(workload: Workload) -> Workload:
     return workload.replace(concurrency=1, num_requests=min(8, workload.num_requests), request_rate=float("inf"))
 
 
-def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"], workload: Workload) -> float:
-    """The measured figure a bound is checked against (measurements come from the session's cache)."""
+def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
+                workload_for: Callable[[str], Workload]) -> float:
+    """The measured figure a bound is checked against (measurements come from the session's cache).
+
+    ``workload_for(config)`` gives the workload a config runs (engines may have their own variant)."""
 
     def value(config: str) -> float:
+        workload = workload_for(config)
         if bound.base_metric == "batch_efficiency":
             loaded, single = measure(config, workload), measure(config, single_stream(workload))
             c = workload.concurrency or workload.num_requests
