@@ -2,6 +2,7 @@
 ``cmd_<name>`` runs it; heavy imports (torch) happen inside the command, so ``--help`` stays instant.
 
     servingbench serve-hf --model DIR [--port 8000] ...   the HF Transformers baseline, OpenAI API
+    servingbench report RESULTS_DIR [...] -o OUT          the performance report (Markdown, PNG, HTML)
 """
 
 from __future__ import annotations
@@ -68,8 +69,15 @@ def cmd_serve_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .report import add_report_parser as add  # no torch or matplotlib at import: --help stays instant
+
+    add(subparsers)
+
+
 SUBCOMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     add_serve_hf_parser,
+    add_report_parser,
 ]
 
 

@@ -1,0 +1,131 @@
+"""KV-cache quantization study: capacity gained and accuracy lost, each quantized dtype against ``auto``.
+
+``auto`` is the lab-load server (config "vllm"); each quantized dtype is the same config with --kv-cache-dtype.
+Capacity: tokens of KV per GiB of KV cache (on CPU the space is fixed by VLLM_CPU_KVCACHE_SPACE). Accuracy: a
+fixed prompt set scored by both servers through /v1/completions with prompt_logprobs and greedy continuations
+(servingbench/kv_accuracy.py). The lab's "int8" is mapped to the name the installed vLLM accepts, and the row
+says so. A dtype the hardware refuses is skipped with the server's own reason. Writes studies/kv_cache_dtype.json.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servingbench.datasets import random_token_prompts
+from servingbench.kv_accuracy import ScoredPrompt, compare, score_prompts
+from servingbench.kvcache import (KVCapacity, accepted_kv_cache_dtypes, kv_element_bytes, probe_cpu_backend,
+                                  resolve_kv_cache_dtype)
+from servingbench.studies import StudyParams, kv_dtype_findings, load_study_params, record_rows
+from servingbench.study_runs import REFERENCE, Refused, cache_labels, capacity_of, require_local, start, variant
+
+STUDY = "kv_cache_dtype"
+PARAMS = Path(__file__).with_name("studies.toml")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kv_dtype" not in metafunc.fixturenames:
+        return
+    p = load_study_params(PARAMS, STUDY, metafunc.config.getoption("--gpu"))
+    metafunc.parametrize(("kv_dtype", "config_name"),
+                         [pytest.param(d, f"vllm-kv-{d}", id=d) for d in p["dtypes"]])
+
+
+@dataclass
+class Scored:
+    kv_cache_dtype: str
+    capacity: KVCapacity
+    scores: list[ScoredPrompt]
+
+
+@pytest.fixture(scope="session")
+def params(pytestconfig: pytest.Config) -> StudyParams:
+    return load_study_params(PARAMS, STUDY, pytestconfig.getoption("--gpu"))
+
+
+@pytest.fixture(scope="session")
+def prompts(params: StudyParams, bench) -> list[list[int]]:
+    specs = random_token_prompts(params["num_prompts"], params["prompt_len"], params["output_len"],
+                                 bench.profile.vocab_size, params["seed"])
+    return [list(s.prompt) for s in specs]  # type: ignore[arg-type]
+
+
+def score(bench, config_name: str, config, params: StudyParams, prompts: list[list[int]]) -> Scored:
+    server = start(bench, config_name, config)
+    labels = cache_labels(server, bench.api_key)
+    scores = score_prompts(server.url, config.name, prompts, params["output_len"], bench.api_key)
+    return Scored(labels.get("cache_dtype", config.kv_cache_dtype), capacity_of(server, labels), scores)
+
+
+@pytest.fixture(scope="session")
+def reference(bench, params: StudyParams, prompts: list[list[int]]) -> Scored:
+    """``auto`` on the lab-load server, scored twice: the second pass must read zero difference."""
+    require_local(bench)
+    config = variant(bench)
+    first = score(bench, REFERENCE, config, params, prompts)
+    again = compare(first.scores, score(bench, REFERENCE, config, params, prompts).scores)
+    assert again.prompt_logprob_mae < 1e-4 and again.greedy_exact_match == 1.0, (
+        f"scoring the same prompts twice on the same server differs ({again}): the method cannot see KV effects")
+    return first
+
+
+def record(bench, row: dict[str, Any]) -> None:
+    order = {"auto": 0}
+    record_rows(bench, STUDY, [row], kv_dtype_findings, sort_key=lambda r: (order.get(r["key"], 1), r["key"]))
+
+
+def capacity_fields(cap: KVCapacity) -> dict[str, Any]:
+    return {"kv_capacity_tokens": cap.tokens, "kv_capacity_blocks": cap.num_blocks, "kv_cache_gib": cap.kv_cache_gib,
+            "tokens_per_gib": cap.tokens_per_gib}
+
+
+@pytest.mark.servers(REFERENCE)
+def test_kv_auto_reference(bench, reference: Scored) -> None:
+    assert reference.kv_cache_dtype == "auto", f"config {REFERENCE} serves kv_cache_dtype {reference.kv_cache_dtype}"
+    record(bench, {"key": "auto", "requested": "auto", "kv_cache_dtype": "auto", "status": "measured",
+                   "reason": None, "note": None, **capacity_fields(reference.capacity), "capacity_gain": 1.0,
+                   "expected_capacity_gain": 1.0, "num_prompts": len(reference.scores)})
+    assert reference.capacity.tokens_per_gib, "no KV memory size known: tokens per GiB cannot be computed"
+
+
+def test_kv_dtype(kv_dtype: str, config_name: str, bench, params: StudyParams, prompts: list[list[int]],
+                  reference: Scored, request: pytest.FixtureRequest) -> None:
+    choice = resolve_kv_cache_dtype(kv_dtype, accepted_kv_cache_dtypes())
+    if choice.note:
+        warnings.warn(choice.note, stacklevel=1)
+    facts = None if bench.profile.hardware.gpu else probe_cpu_backend()
+    doubt = facts.undeclared_kv_dtype(choice.engine_name) if facts else None
+    if doubt:  # measured all the same: what the server does with it is the finding
+        request.applymarker(pytest.mark.xfail(reason=doubt, strict=False))
+    row: dict[str, Any] = {"key": kv_dtype, "requested": kv_dtype, "kv_cache_dtype": choice.engine_name,
+                           "note": choice.note, "backend_doubt": doubt}
+    config = variant(bench, kv_cache_dtype=choice.engine_name)
+    try:
+        scored = score(bench, config_name, config, params, prompts)
+    except Refused as e:
+        record(bench, {**row, "status": "skipped", "reason": e.reason})
+        pytest.skip(str(e))
+    assert scored.kv_cache_dtype == choice.engine_name, (
+        f"{config_name}: the server reports cache_dtype {scored.kv_cache_dtype}, not {choice.engine_name}")
+    delta = compare(reference.scores, scored.scores)
+    cap, ref_cap = scored.capacity, reference.capacity
+    assert cap.tokens_per_gib and ref_cap.tokens_per_gib, "KV memory size unknown: tokens per GiB not computable"
+    gain = cap.tokens_per_gib / ref_cap.tokens_per_gib
+    model_dtype = bench.profile.model.dtype
+    expected = kv_element_bytes("auto", model_dtype) / kv_element_bytes(choice.engine_name, model_dtype)
+    record(bench, {**row, "status": "measured", "reason": None, **capacity_fields(cap), "capacity_gain": gain,
+                   "expected_capacity_gain": expected, **delta.to_dict()})
+    share = params["min_capacity_gain_share"]
+    assert gain >= share * expected, (
+        f"{choice.engine_name}: {gain:.2f}x the tokens per GiB of auto; its element size promises {expected:g}x "
+        f"(at least {share:.0%} of it expected, {PARAMS} min_capacity_gain_share)")
+    assert delta.prompt_top1_agreement >= params["min_prompt_top1_agreement"], (
+        f"{choice.engine_name}: next-token top-1 agreement with auto {delta.prompt_top1_agreement:.3f} < "
+        f"{params['min_prompt_top1_agreement']} ({PARAMS})")
+    assert delta.prompt_logprob_mae <= params["max_prompt_logprob_mae"], (
+        f"{choice.engine_name}: mean |log-prob difference| from auto {delta.prompt_logprob_mae:.4f} > "
+        f"{params['max_prompt_logprob_mae']} ({PARAMS})")
