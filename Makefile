@@ -14,3 +14,18 @@ perf: setup
 
 test: setup
 	$(PY) -m pytest tests/ $(ARGS)
+
+# Stored baselines, one folder per hardware profile under baselines/ (README "Baselines"):
+#   make baselines   record (or refresh) this machine's baseline; another profile: make baselines ARGS="--gpu"
+#   make compare     compare with the latest baseline of this profile; fails on a regression beyond the default
+#                    tolerance (servingbench/baselines.py DEFAULT_TOLERANCE; ARGS="--baseline-tolerance=median:5%").
+#                    The whole perf suite with the same check: make compare BASELINE_TESTS=perf/
+BASELINE_NAME ?= baseline
+BASELINE_TESTS ?= perf/test_baselines.py
+
+.PHONY: baselines compare
+baselines: setup
+	$(PY) -m pytest perf/test_baselines.py --benchmark-save=$(BASELINE_NAME) $(ARGS)
+
+compare: setup
+	$(PY) -m pytest $(BASELINE_TESTS) --baseline-compare $(ARGS)

@@ -1,3 +1,3 @@
 """Registers the servingbench pytest plugin for tests/ and perf/ (options, fixtures, hooks: servingbench/plugin.py)."""
 
-pytest_plugins = ["servingbench.plugin"]
+pytest_plugins = ["servingbench.plugin", "servingbench.baselines"]

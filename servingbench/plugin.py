@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--server-startup-timeout", type=float, default=900.0, help="seconds a server may take to be healthy")
     g.addoption("--request-timeout", type=float, default=600.0, help="seconds one request may take")
     g.addoption("--sb-progress", action="store_true", help="show a progress bar during load runs")
+    g.addoption("--report", action="store_true", help="write the performance report (Markdown, PNG figures, HTML) "
+                "to <results-dir>/report at the end of the session (servingbench report RESULTS_DIR does it later)")
+    g.addoption("--report-dir", default=None, help="where --report writes (implies --report)")
 
 
 def _check_gpu_environment() -> None:
@@ -237,6 +240,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     write_summary(session.results_dir, measured, {"hardware": p.hardware.profile, "model": p.model.name,
                                                    "results_dir": str(session.results_dir)}, notes)
     tr.write_line(f"results: {session.results_dir}")
+    if config.getoption("--report") or config.getoption("--report-dir"):
+        _write_report(config, session.results_dir, tr)
+
+
+def _write_report(config: pytest.Config, results_dir: Path, tr: Any) -> None:
+    """The report of this session's results directory; a failure to write it is printed, not raised (the
+    measurements and summary are already on disk, and ``servingbench report`` can be rerun on them)."""
+    from .report import ReportOptions, write_report
+
+    out = Path(config.getoption("--report-dir") or results_dir / "report")
+    table = config.stash[STATE].table
+    try:
+        path = write_report([results_dir], out, ReportOptions(expectations=table.path if table else None))
+    except Exception as e:  # noqa: BLE001 - any failure is reported on the terminal with its type
+        tr.write_line(f"report: not written: {type(e).__name__}: {e}", red=True)
+        return
+    tr.write_line(f"report: {path}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,10 @@ from . import telemetry
 LOCALHOST = "127.0.0.1"
 LOG_TAIL_LINES = 40
 _ERROR_MARKERS = ("Error", "error:", "Exception", "refused", "requires", "No common block size", "not supported")
+# Lines that match a marker but are not the cause: warnings, and wrappers that point at the real error above
+# (vLLM ends a failed start with "Engine core initialization failed. See root cause above.").
+_NOT_A_CAUSE = (" WARNING ", "Warning:", "root cause above")
+_TRACEBACK_CODE = re.compile(r"(^|\]\s)\s*(raise |File \")")  # a traceback's source line, not its message
 
 
 class ServerStartError(RuntimeError):
@@ -225,7 +230,8 @@ class ServerProcess:
         """The last line of the log that names an error: what the user needs to read first."""
         tail = self.log_tail(200).splitlines()
         for line in reversed(tail):
-            if any(m in line for m in _ERROR_MARKERS):
+            if (any(m in line for m in _ERROR_MARKERS) and not any(n in line for n in _NOT_A_CAUSE)
+                    and not _TRACEBACK_CODE.search(line)):
                 return line.strip()
         return None
 
@@ -236,10 +242,13 @@ class ServerProcess:
                 + f"\nlog: {self.log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{self.log_tail()}")
 
     def stop(self, grace: float = 20.0) -> None:
-        """End the server's whole process group and any child that left it; idempotent."""
-        proc, self.proc = self.proc, None
-        ServerProcess.live.discard(self)
+        """End the server's whole process group and any child that left it; idempotent.
+
+        The server leaves ``live`` only once it is ended: a stop interrupted by a second Ctrl-C leaves it there
+        for ``stop_all`` at exit."""
+        proc = self.proc
         if proc is None:
+            ServerProcess.live.discard(self)
             return
         try:
             family = psutil.Process(proc.pid).children(recursive=True)
@@ -262,6 +271,8 @@ class ServerProcess:
                     break
             except subprocess.TimeoutExpired:
                 continue
+        self.proc = None
+        ServerProcess.live.discard(self)
         if self.gpu:
             telemetry.wait_for_gpu_memory_release()
 
