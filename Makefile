@@ -5,7 +5,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup perf test
+.PHONY: setup perf test studies
 setup:
 	@bash scripts/bootstrap.sh
 
@@ -29,3 +29,7 @@ baselines: setup
 
 compare: setup
 	$(PY) -m pytest $(BASELINE_TESTS) --baseline-compare $(ARGS)
+
+# The experiments (studies and the agreement with vllm bench serve), with the report: make studies ARGS="--gpu"
+studies: setup
+	$(PY) -m pytest perf/ --studies --report $(ARGS)

@@ -29,6 +29,8 @@ from servingbench.results import atomic_write_json
 from servingbench.server import ServerProcess, ServerStartError
 from servingbench.session import ServerUnavailable
 
+pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
+
 ORDER = "OVVOVOOV"  # O: ours, V: vllm bench serve; ABBA BAAB: linear and quadratic drift hit both alike
 C64_REQUESTS = 128  # two waves of 64
 MIN_HEADROOM = 5.0  # the client must sustain 5x the chunk rate of the profile's vLLM server at concurrency 64

@@ -17,6 +17,8 @@ from servingbench.results import package_version
 from servingbench.studies import StudyParams, block_size_findings, load_study_params, record_rows, serving_row
 from servingbench.study_runs import REFERENCE, Refused, require_local, served_run, variant
 
+pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
+
 STUDY = "block_size"
 PARAMS = Path(__file__).with_name("studies.toml")
 

@@ -16,6 +16,8 @@ from servingbench.configs import Workload
 from servingbench.studies import StudyParams, load_study_params, record_rows, serving_row, sweep_findings
 from servingbench.study_runs import REFERENCE, require_local
 
+pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
+
 STUDY = "concurrency"
 PARAMS = Path(__file__).with_name("studies.toml")
 CONFIG = REFERENCE

@@ -23,6 +23,8 @@ from servingbench.kvcache import (KVCapacity, accepted_kv_cache_dtypes, kv_eleme
 from servingbench.studies import StudyParams, kv_dtype_findings, load_study_params, record_rows
 from servingbench.study_runs import REFERENCE, Refused, cache_labels, capacity_of, require_local, start, variant
 
+pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
+
 STUDY = "kv_cache_dtype"
 PARAMS = Path(__file__).with_name("studies.toml")
 

@@ -16,6 +16,8 @@ from servingbench.configs import CPU_KV_CACHE_GIB, GPU_MEMORY_UTILIZATION
 from servingbench.offline import OfflineResult, OfflineSpec, run_offline
 from servingbench.studies import StudyParams, load_study_params, offline_findings, record_rows
 
+pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
+
 STUDY = "offline"
 PARAMS = Path(__file__).with_name("studies.toml")
 _RESULTS: dict[str, OfflineResult] = {}

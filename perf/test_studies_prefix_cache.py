@@ -21,6 +21,8 @@ from servingbench.studies import (StudyParams, kv_saving, load_study_params, pre
                                   serving_row)
 from servingbench.study_runs import REFERENCE, ServedRun, require_local, served_run, variant
 
+pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
+
 STUDY = "prefix_cache"
 PARAMS = Path(__file__).with_name("studies.toml")
 CONFIGS = {"on": REFERENCE, "off": "vllm-no-prefix-cache"}

@@ -16,7 +16,7 @@ from servingbench.study_runs import require_local, variant
 
 STUDY = "tensor_parallel"
 PARAMS = Path(__file__).with_name("studies.toml")
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.study]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

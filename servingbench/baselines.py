@@ -177,6 +177,11 @@ def _detect_profile(config: pytest.Config) -> str | None:
     try:
         from . import hardware as hw
 
+        if config.getoption("--replay", default=None):  # the recorded run's hardware, not this machine's
+            from .results import replay_environment
+
+            return hw.from_environment(replay_environment(config.getoption("--replay"))).profile
+
         return hw.detect(bool(config.getoption("--gpu", default=False)), None,
                          config.getoption("--tensor-parallel-size", default=1) or 1).profile
     except Exception:  # e.g. --gpu without a GPU: servingbench.plugin reports that; leave storage alone
@@ -252,8 +257,12 @@ def _servingbench_info(config: pytest.Config) -> dict[str, Any]:
         pass
     hardware = getattr(plugin_state, "hardware", None)
     model = getattr(plugin_state, "model", None)
-    gpus = telemetry.gpu_info() if hardware is None or hardware.gpu else []
-    versions = _versions()
+    replay = getattr(plugin_state, "replay_env", None)  # --replay: the recorded run's machine, not this one
+    if replay is not None:
+        gpus, versions = replay.get("gpus") or [], replay.get("versions") or {}
+    else:
+        gpus = telemetry.gpu_info() if hardware is None or hardware.gpu else []
+        versions = _versions()
     state.info = {
         "hardware_profile": hardware.profile if hardware else (state.profile or _detect_profile(config)),
         "model_profile": model.name if model else config.getoption("--model", default=None),

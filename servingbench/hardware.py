@@ -69,3 +69,11 @@ def detect(gpu: bool, override: str | None = None, tensor_parallel_size: int = 1
         return Hardware(override or key, True, first["name"], len(gpus), first["memory_total_gib"],
                         first["driver"], cpu_model(), cores)
     return Hardware(override or f"cpu-{cores}c-{cpu_isa()}", False, cpu=cpu_model(), cores=cores)
+
+
+def from_environment(env: dict[str, Any], override: str | None = None) -> Hardware:
+    """The hardware a saved measurement was taken on (its ``environment``), for replaying it elsewhere."""
+    gpus = env.get("gpus") or []
+    first = gpus[0] if gpus else {}
+    return Hardware(override or env["hardware"], bool(gpus), first.get("name"), len(gpus),
+                    first.get("memory_total_gib"), first.get("driver"))

@@ -22,6 +22,7 @@ from . import hardware as hw
 from .configs import RunProfile
 from .profiles import ModelProfile, ProfileError, get_profile, materialize
 from .server import ServerProcess
+from .results import replay_environment
 from .session import BenchSession, ServerUnavailable
 from .summary import text_table, write_summary
 from .thresholds import Bound, ExpectationTable, load_table
@@ -39,6 +40,7 @@ class PluginState:
         self.gpu = False
         self.hardware: hw.Hardware | None = None
         self.model: ModelProfile | None = None
+        self.replay_env: dict[str, Any] | None = None  # environment of the run a --replay directory holds
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,6 +61,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--expectations", default=None, help=f"expected-performance table (default: {DEFAULT_TABLE})")
     g.addoption("--server-startup-timeout", type=float, default=900.0, help="seconds a server may take to be healthy")
     g.addoption("--request-timeout", type=float, default=600.0, help="seconds one request may take")
+    g.addoption("--studies", action="store_true", help="also run the experiments marked study (block size, KV "
+                "dtype, prefix caching, concurrency sweep, offline, TP, agreement with vllm bench serve)")
+    g.addoption("--replay", default=None, metavar="RESULTS_DIR", help="start no server: read each measurement "
+                "from a results directory written by an earlier run (e.g. a GPU runner's artifact), to store its "
+                "samples as baselines or re-check thresholds and reports on another machine")
     g.addoption("--sb-progress", action="store_true", help="show a progress bar during load runs")
     g.addoption("--report", action="store_true", help="write the performance report (Markdown, PNG figures, HTML) "
                 "to <results-dir>/report at the end of the session (servingbench report RESULTS_DIR does it later)")
@@ -85,17 +92,29 @@ def _check_gpu_environment() -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs --gpu (a CUDA GPU and vLLM's CUDA build)")
     config.addinivalue_line("markers", "perf: starts servers and measures them")
+    config.addinivalue_line("markers", "study: an experiment, run with --studies (not part of the default gate)")
     state = PluginState()
     config.stash[STATE] = state
     state.gpu = config.getoption("--gpu")
-    if state.gpu:
-        _check_gpu_environment()
     tp = config.getoption("--tensor-parallel-size")
     if tp < 1:
         raise pytest.UsageError(f"--tensor-parallel-size must be >= 1, got {tp}")
-    state.hardware = hw.detect(state.gpu, config.getoption("--profile"), tp)
+    replay = config.getoption("--replay")
+    if replay:  # the hardware, model and GPUs are those of the run that wrote the directory
+        try:
+            state.replay_env = replay_environment(replay)
+        except (OSError, ValueError) as e:
+            raise pytest.UsageError(f"--replay {replay}: {e}") from None
+        state.hardware = hw.from_environment(state.replay_env, config.getoption("--profile"))
+        state.gpu = state.hardware.gpu
+        model_name = config.getoption("--model") or state.replay_env.get("model")
+    else:
+        if state.gpu:
+            _check_gpu_environment()
+        state.hardware = hw.detect(state.gpu, config.getoption("--profile"), tp)
+        model_name = config.getoption("--model") or ("llama-2-7b" if state.gpu else "cpu-llama-36m")
     try:
-        state.model = get_profile(config.getoption("--model") or ("llama-2-7b" if state.gpu else "cpu-llama-36m"))
+        state.model = get_profile(model_name)
     except ProfileError as e:
         raise pytest.UsageError(str(e)) from None
     table_path = config.getoption("--expectations") or Path(config.rootpath) / DEFAULT_TABLE
@@ -124,7 +143,8 @@ def _session(config: pytest.Config) -> BenchSession:
             profile=RunProfile(hardware, model, materialize(model), tp), results_dir=Path(results),
             configs=state.table.configs, api_key=config.getoption("--api-key"),
             server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
-            startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"))
+            startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"),
+            replay_dir=Path(config.getoption("--replay")) if config.getoption("--replay") else None)
     return state.session
 
 
@@ -149,7 +169,7 @@ def measure_or_skip(bench: BenchSession) -> Any:
         try:
             return bench.measure(config_name, workload, **kw)
         except ServerUnavailable as e:
-            if bench.remote:
+            if bench.remote or bench.replay_dir is not None:
                 pytest.skip(str(e))
             pytest.fail(str(e), pytrace=False)
     return run
@@ -192,6 +212,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+    if not config.getoption("--studies"):
+        skip_study = pytest.mark.skip(reason="a study: run with --studies (make studies)")
+        for item in items:
+            if "study" in item.keywords:
+                item.add_marker(skip_study)
     order: dict[str, int] = {}
     for item in items:
         item.stash[NEEDS] = _needs(item)

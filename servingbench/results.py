@@ -138,6 +138,41 @@ class Measurement:
         return path
 
 
+def measurement_from_dict(d: dict[str, Any]) -> Measurement:
+    """A saved measurement back as a ``Measurement``; its metrics are recomputed from its raw records."""
+    from .metrics import compute_metrics
+
+    records = [RequestRecord.from_dict(r) for r in d["records"]]
+    return Measurement(
+        key=d["key"], engine=d["engine"], config_name=d["config_name"], config=d["config"], workload=d["workload"],
+        metrics=compute_metrics(records, d["duration"]), telemetry=TelemetrySummary(**d["telemetry"]),
+        records=records, started_at=d["started_at"], server_startup_s=d.get("server_startup_s"),
+        server_url=d.get("server_url", ""), memory_total_gib=d.get("memory_total_gib", 0.0),
+        kv_cache=d.get("kv_cache", {}), warnings=d.get("warnings", []), environment=d.get("environment", {}),
+        loop_lag_ms_p99=d.get("loop_lag_ms_p99", 0.0))
+
+
+def find_measurement_files(results_dir: Path | str) -> list[Path]:
+    """Measurement JSON files under a results directory (``measurements/`` or anywhere below)."""
+    return sorted(p for p in Path(results_dir).rglob("*.json") if _is_measurement(p))
+
+
+def _is_measurement(path: Path) -> bool:
+    try:
+        with open(path) as fh:
+            return '"schema": "servingbench.measurement/1"' in fh.read(200)
+    except OSError:
+        return False
+
+
+def replay_environment(results_dir: Path | str) -> dict[str, Any]:
+    """The environment (hardware, model, GPUs, versions) of the run that wrote ``results_dir``."""
+    files = find_measurement_files(results_dir)
+    if not files:
+        raise ValueError(f"no servingbench measurement JSON under {results_dir}")
+    return load_measurement(files[0]).get("environment", {})
+
+
 def load_measurement(path: Path | str) -> dict[str, Any]:
     data = json.loads(Path(path).read_text())
     if data.get("schema") != SCHEMA:

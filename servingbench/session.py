@@ -18,7 +18,8 @@ import psutil
 from . import telemetry
 from .configs import RunProfile, Workload
 from .load import run_load
-from .results import Measurement, software_versions
+from .results import (Measurement, find_measurement_files, load_measurement, measurement_from_dict,
+                      software_versions)
 from .server import ServerConfig, ServerProcess, ServerStartError
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class BenchSession:
     request_timeout_s: float = 600.0
     startup_timeout_s: float = 900.0
     progress: bool = False
+    replay_dir: Path | None = None  # read measurements saved by an earlier run instead of running them
     measurements: dict[str, Measurement] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     pool: ServerPool = field(init=False)
@@ -115,6 +117,8 @@ class BenchSession:
             return self.measurements[key]
         if key in self.errors:
             raise ServerUnavailable(self.errors[key])
+        if self.replay_dir is not None:
+            return self._replay(key)
         if self.remote and config.engine != "vllm":
             raise ServerUnavailable(f"--server-url mode measures the given deployment only; config "
                                     f"{config_name!r} ({config.engine}) needs a server this suite starts")
@@ -150,6 +154,15 @@ class BenchSession:
         if after is not None:
             after(server, m)
         m.save(self.results_dir)
+        self.measurements[key] = m
+        return m
+
+    def _replay(self, key: str) -> Measurement:
+        matches = [p for p in find_measurement_files(self.replay_dir) if p.stem == key]  # type: ignore[arg-type]
+        if not matches:
+            raise ServerUnavailable(f"--replay {self.replay_dir} holds no measurement {key!r}: that run did not "
+                                    "measure this config and workload")
+        m = measurement_from_dict(load_measurement(matches[-1]))
         self.measurements[key] = m
         return m
 
