@@ -79,6 +79,13 @@ def test_one_test_per_bound_failure_names_value_bound_and_location(pytester: pyt
     summary = json.loads((pytester.path / "results" / "summary.json").read_text())
     assert {m["config_name"] for m in summary["measurements"]} == {"hf", "hf-b2"}
     assert len(list((pytester.path / "results" / "measurements").glob("*.json"))) == 2
+    # --replay: the same assertions from the saved measurements, on the recorded run's hardware, no server started
+    replayed = pytester.runpytest_subprocess("-p", "servingbench.plugin", "-p", "no:cacheprovider", "--expectations",
+                                             "expected.toml", "--replay", str(pytester.path / "results"),
+                                             "--results-dir", str(pytester.path / "replayed"), "-v", timeout=120)
+    replayed.assert_outcomes(passed=3, failed=1)
+    assert "servingbench: test-hw / cpu-llama-36m" in replayed.stdout.str()
+    assert not (pytester.path / "replayed" / "logs").exists()
 
 
 def test_servers_run_one_at_a_time_in_config_order(pytester: pytest.Pytester) -> None:
