@@ -75,15 +75,19 @@ def wait_for_gpu_memory_release(threshold_gib: float = 2.0, timeout: float = 120
         time.sleep(1.0)
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants, bytes (vLLM runs its engine in children)."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants ([] if it is gone): vLLM runs its engine in child processes."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, bytes."""
     total = 0
-    for p in procs:
+    for p in process_tree(pid):
         try:
             total += p.memory_info().rss
         except psutil.Error:

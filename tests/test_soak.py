@@ -70,13 +70,8 @@ class Sample:
 
 
 def tree_cpu(pid: int) -> float:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0.0
-    for p in procs:
+    for p in telemetry.process_tree(pid):
         try:
             t = p.cpu_times()
             total += t.user + t.system
