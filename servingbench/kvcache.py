@@ -26,6 +26,7 @@ _BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bfloat16":
 _GENERIC_FAILURES = ("Engine core initialization failed", "See root cause above", "Failed core proc",
                      "WorkerProc initialization failed", "died unexpectedly")
 _EXCEPTION_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (.+?)\s*$")
+_SOURCE_LINE = re.compile(r"(^|[\])]\s)\s*(raise |File \")")  # a traceback's source line, not its message
 _LOG_CAPACITY = re.compile(r"\b([A-Z]{3}) KV cache size: ([\d,]+) tokens")
 _LOG_KV_MEMORY = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 
@@ -163,18 +164,24 @@ def kv_capacity(labels: Mapping[str, str], log_text: str = "", cpu_kv_space_gib:
 # ---- refusals in the engine's own words ------------------------------------------------------------------------
 
 def engine_refusal(log_text: str) -> str | None:
-    """The first specific exception a failed start-up logged (``ValueError: No common block size for 16 ...``).
+    """The specific exception a failed start-up logged (``ValueError: No common block size for 16 ...``).
 
     vLLM ends a failed start with generic lines ("Engine core initialization failed. See root cause above"); the
-    cause is the first exception line above them. Traceback frames and generic wrappers are passed over.
+    cause is an exception line above them. Traceback frames and generic wrappers are passed over, and a line the
+    engine logged at ERROR level wins over earlier ones (a GPU build logs optional imports that failed first).
     """
+    candidates: list[tuple[bool, str]] = []
     for line in log_text.splitlines():
         m = _EXCEPTION_LINE.search(line)
         if not m or any(g in m.group(2) for g in _GENERIC_FAILURES):
             continue
-        if line.lstrip().startswith(("File ", "raise ")):
+        if _SOURCE_LINE.search(line):
             continue
-        return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+        candidates.append((" ERROR " in line, f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"))
+    for at_error_level in (True, False):
+        for flagged, reason in candidates:
+            if flagged == at_error_level:
+                return reason
     return None
 
 

@@ -32,7 +32,7 @@ _ERROR_MARKERS = ("Error", "error:", "Exception", "refused", "requires", "No com
 # Lines that match a marker but are not the cause: warnings, and wrappers that point at the real error above
 # (vLLM ends a failed start with "Engine core initialization failed. See root cause above.").
 _NOT_A_CAUSE = (" WARNING ", "Warning:", "root cause above")
-_TRACEBACK_CODE = re.compile(r"(^|\]\s)\s*(raise |File \")")  # a traceback's source line, not its message
+_TRACEBACK_CODE = re.compile(r"(^|[\])]\s)\s*(raise |File \")")  # a traceback's source line, not its message
 
 
 class ServerStartError(RuntimeError):

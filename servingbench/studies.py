@@ -13,6 +13,8 @@ Rows whose setting the engine refused have ``"status": "skipped"`` and the engin
 
 from __future__ import annotations
 
+import re
+
 import json
 import math
 import time
@@ -33,6 +35,9 @@ SCHEMA = "servingbench.study/1"
 KNEE_METRICS = ("median_e2el_ms", "median_tpot_ms")
 # Exceptions by which vLLM refuses a setting at start-up (validation, unsupported); others are real failures.
 REFUSAL_TYPES = ("ValueError", "NotImplementedError", "ValidationError", "TypeError")
+# A RuntimeError is a refusal only when it says a combination is unsupported: vLLM 0.26 on an H100 refuses fp8 KV
+# with an fp16 model that way ("For FP8 input, output must have dtype BF16"); "CUDA out of memory" is a crash.
+_RUNTIME_REFUSAL = re.compile(r"not supported|unsupported|only supports|requires|must have|must be", re.I)
 SERVING_FIELDS = (
     "completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
     "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p90_tpot_ms", "p99_tpot_ms",
@@ -143,7 +148,11 @@ def start_refusal(message: str) -> str | None:
         except OSError:
             pass
     reason = engine_refusal(text or message)
-    if reason and reason.split(":", 1)[0] in REFUSAL_TYPES:
+    if not reason:
+        return None
+    kind, _, text = reason.partition(":")
+    if kind in REFUSAL_TYPES or (kind == "RuntimeError" and _RUNTIME_REFUSAL.search(text)
+                                 and "out of memory" not in text):
         return reason
     return None
 

@@ -363,3 +363,40 @@ def test_offline_spec_checks_and_rates() -> None:
         OfflineSpec("hf", "/m", "float32", 1, 1000, 100, 10, max_model_len=1024)
     r = OfflineResult("hf", "x", num_prompts=32, prompt_tokens=4096, output_tokens=2048, elapsed_s=8.0, init_s=1.0)
     assert (r.requests_per_s, r.output_tokens_per_s, r.total_tokens_per_s) == (4.0, 256.0, 768.0)
+
+
+# Lines of the two start-up failures seen on the lent H100 (vLLM 0.26.0, Llama-2-7B shape, fp16), verbatim but cut.
+H100_BLOCK8_LOG = """\
+(EngineCore pid=811) WARNING 11-24 01:15:02 [interface.py:221] Failed to import from vllm._flashmla_C: ImportError: libcuda.so.1: cannot open
+(APIServer pid=687)     raise RuntimeError(
+(EngineCore pid=811) ERROR 11-24 01:15:46 [core.py:1330]     raise ValueError(
+(EngineCore pid=811) ERROR 11-24 01:15:46 [core.py:1330] ValueError: No valid attention backend found for cuda with AttentionSelectorConfig(head_size=128, dtype=torch.float16, kv_cache_dtype=auto, block_size=8)
+(EngineCore pid=811)     raise ValueError(
+(APIServer pid=687) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+H100_FP8_LOG = """\
+(EngineCore pid=1004) ERROR 11-24 01:17:05 [core.py:1330] RuntimeError: For FP16/BF16 input, output must have the same dtype as inputs. For FP8 input, output must have dtype BF16
+(APIServer pid=937)     raise RuntimeError(
+(APIServer pid=937) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+def test_h100_start_failures_are_refusals_in_the_engines_words(tmp_path) -> None:
+    from servingbench.kvcache import engine_refusal
+    from servingbench.studies import start_refusal
+
+    assert engine_refusal(H100_BLOCK8_LOG).startswith("ValueError: No valid attention backend found for cuda")
+    assert engine_refusal(H100_FP8_LOG).startswith("RuntimeError: For FP16/BF16 input, output must have the same")
+    for text in (H100_BLOCK8_LOG, H100_FP8_LOG):
+        log = tmp_path / "vllm.log"
+        log.write_text(text)
+        reason = start_refusal(f"vllm server exited with code 1 during start-up\nlog: {log}\n--- tail ---")
+        assert reason is not None and "Engine core initialization failed" not in reason
+
+
+def test_server_cause_skips_prefixed_traceback_source_lines(tmp_path) -> None:
+    from servingbench.server import ServerProcess, VLLMConfig
+
+    server = ServerProcess(VLLMConfig(model="m"), tmp_path)
+    server.log_path.write_text(H100_BLOCK8_LOG)
+    assert server.cause() is not None and "raise RuntimeError(" not in server.cause()
