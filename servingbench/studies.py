@@ -13,10 +13,9 @@ Rows whose setting the engine refused have ``"status": "skipped"`` and the engin
 
 from __future__ import annotations
 
-import re
-
 import json
 import math
+import re
 import time
 import tomllib
 from dataclasses import asdict, dataclass
