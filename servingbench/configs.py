@@ -120,9 +120,8 @@ class RunProfile:
         if unknown:
             raise ConfigError(f"{engine} config: unknown field(s) {sorted(unknown)}; known: {sorted(fields)}")
         merged = {**base, **overrides}
-        for key in ("extra_args",):
-            if key in merged:
-                merged[key] = tuple(merged[key])
+        if "extra_args" in merged:
+            merged["extra_args"] = tuple(merged["extra_args"])
         if "env" in overrides:
             merged["env"] = tuple(dict(base.get("env", ()), **dict(overrides["env"])).items())
         return cls(**merged)

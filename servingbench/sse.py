@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable
 
 from .records import RequestRecord
 
@@ -64,19 +64,6 @@ def split_lines(rest: bytes, block: bytes) -> tuple[list[str], bytes]:
     return block[:end].decode("utf-8", "replace").split("\n"), block[end + 1:]
 
 
-async def iter_events(stream: Any) -> AsyncIterator[str]:
-    """The ``data:`` payloads of an event stream; blank lines, comments and other fields are skipped."""
-    rest = b""
-    async for block in _blocks(stream):
-        lines, rest = split_lines(rest, block)
-        for line in lines:
-            line = line.strip()
-            if line.startswith("data:"):
-                yield line[5:].strip()
-    if rest.strip().startswith(b"data:"):
-        yield rest.decode("utf-8", "replace").strip()[5:].strip()
-
-
 async def read_stream(stream: Any, record: RequestRecord, chat: bool) -> None:
     """Fill ``record`` from the stream; sets ``record.error`` on a malformed or truncated stream."""
     done = False
@@ -117,7 +104,7 @@ async def read_stream(stream: Any, record: RequestRecord, chat: bool) -> None:
                     times.append(now)
                     parts.append(text)
                 usage = data.get("usage")
-                if usage is not None and isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
                     record.output_tokens = int(usage["completion_tokens"])
     except StreamError as e:
         record.error = f"stream: {e}"
