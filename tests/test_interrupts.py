@@ -89,8 +89,11 @@ class InnerSession:
                "--expectations", str(REPO / "perf" / "expected_performance.toml"),
                "--results-dir", str(proj / "results")]
         with open(self.output, "wb") as out:
+            # Ctrl-C as in a terminal: a runner that started us in the background (SIGINT ignored) must not pass
+            # that on, or Python installs no KeyboardInterrupt handler in the inner session.
             self.proc = subprocess.Popen(cmd, cwd=proj, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.family: list[psutil.Process] = []
         self.server_pid = 0
 
