@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import telemetry
+from .server import die_with_parent
 
 ENGINES = ("vllm", "hf")
 
@@ -117,7 +118,7 @@ def run_offline(spec: OfflineSpec, log_dir: Path, timeout_s: float = 900.0) -> O
     cmd = [sys.executable, "-m", "servingbench.offline", "--spec", json.dumps(dataclasses.asdict(spec)),
            "--out", str(out)]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.Popen(die_with_parent(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
         sampler = telemetry.Sampler(proc.pid)
         try:

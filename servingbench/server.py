@@ -4,6 +4,8 @@ A config dataclass builds the argument list; ``ServerProcess`` picks a free port
 process in its own process group with its log in the results directory, polls ``/health``, fails at once with
 the log's tail if the process exits, fails after a start-up limit otherwise, and on stop ends the whole group
 (children included). On a GPU it then waits for the device memory to come back before the next server starts.
+On Linux the server is also told to end when the process that started it dies, however it dies (``kill -9`` of
+pytest included), so a killed run cannot leave a server holding its port and memory.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ _ERROR_MARKERS = ("Error", "error:", "Exception", "refused", "requires", "No com
 # (vLLM ends a failed start with "Engine core initialization failed. See root cause above.").
 _NOT_A_CAUSE = (" WARNING ", "Warning:", "root cause above")
 _TRACEBACK_CODE = re.compile(r"(^|[\])]\s)\s*(raise |File \")")  # a traceback's source line, not its message
+# Runs as the server's first image: asks the kernel for SIGTERM when the starting process dies
+# (prctl PR_SET_PDEATHSIG = 1; kept across exec), checks that it has not died already, then execs the server.
+# A launcher rather than subprocess's preexec_fn, which is unsafe in a process with threads (the samplers).
+_DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+                    "os.getppid() == int(sys.argv[1]) or sys.exit('servingbench: the starting process has ended'); "
+                    "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
 class ServerStartError(RuntimeError):
@@ -147,6 +155,13 @@ def _port_owner(port: int) -> str:
     return ""
 
 
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so that it gets SIGTERM when this process dies (Linux); elsewhere ``cmd`` as it is."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+
+
 class ServerProcess:
     """A started server. Use as a context manager, or call ``start()`` and ``stop()``."""
 
@@ -185,8 +200,8 @@ class ServerProcess:
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
             t0 = time.monotonic()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen(die_with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         ServerProcess.live.add(self)
         try:
             self._wait_healthy(t0)

@@ -1,8 +1,10 @@
-"""Shared fixtures: the generated CPU model, and one HF baseline server on it for the whole session."""
+"""Shared fixtures: the generated CPU model, one HF baseline server on it for the whole session, and a user's
+project on disk for tests that run pytest the way a user does (in a subprocess, with the plugin registered)."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -25,3 +27,18 @@ def hf_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def user_project(tmp_path: Path) -> Callable[[str], Path]:
+    """Writes a project that registers the plugin as a user's conftest does, with one test module of the given
+    source, under ``tmp_path/proj``; returns its folder."""
+    return lambda test_source: write_user_project(tmp_path / "proj", test_source)
+
+
+def write_user_project(root: Path, test_source: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "conftest.py").write_text('pytest_plugins = ["servingbench.plugin"]\n')
+    (root / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    (root / "test_inner.py").write_text(test_source)
+    return root

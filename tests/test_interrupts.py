@@ -3,8 +3,8 @@
 Each test runs a real inner pytest session in a subprocess: a temporary project that loads the plugin the way a
 user's does (``pytest_plugins = ["servingbench.plugin"]``) and starts a real HF baseline server, through a fixture
 or through ``bench.measure``. Once the server answers ``/health`` the outer test interrupts the session (Ctrl-C
-to its process group, SIGTERM as a CI runner sends, a failing fixture, a second Ctrl-C during a slow shutdown)
-and then reads the process table: the server and every child of it must be gone.
+to its process group, SIGTERM as a CI runner sends, ``kill -9``, a failing fixture, a second Ctrl-C during a slow
+shutdown) and then reads the process table: the server and every child of it must be gone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -68,13 +68,8 @@ INNER_TESTS = textwrap.dedent('''
 
 
 @pytest.fixture
-def inner_project(tmp_path: Path) -> Path:
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    (proj / "conftest.py").write_text('pytest_plugins = ["servingbench.plugin"]\n')
-    (proj / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    (proj / "test_inner.py").write_text(INNER_TESTS)
-    return proj
+def inner_project(user_project: Callable[[str], Path]) -> Path:
+    return user_project(INNER_TESTS)
 
 
 class InnerSession:
@@ -187,6 +182,15 @@ def test_interrupted_session_leaves_no_server(session_factory: Any, sig: int, te
     code = session.wait()
     assert code == pytest.ExitCode.INTERRUPTED, session.text()
     assert_all_gone(session)
+
+
+def test_killed_session_leaves_no_server(session_factory: Any) -> None:
+    """``kill -9`` of pytest runs no handler at all: the kernel's parent-death signal must end the server."""
+    session = session_factory("test_holds_a_server")
+    session.wait_for_healthy_server()
+    session.proc.kill()  # pytest only, not its group: the server has a session of its own anyway
+    assert session.wait() == -signal.SIGKILL
+    assert_all_gone(session, within=30.0)
 
 
 def test_failing_fixture_leaves_no_server(session_factory: Any) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import pytest
@@ -98,13 +99,10 @@ INNER_TEST = textwrap.dedent('''
 ''')
 
 
-def test_no_secret_in_results_logs_summaries_or_output(tmp_path: Path) -> None:
+def test_no_secret_in_results_logs_summaries_or_output(tmp_path: Path,
+                                                       user_project: Callable[[str], Path]) -> None:
     """A real measurement through the plugin with ``--api-key`` and HF_TOKEN set: grep every file it wrote."""
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    (proj / "conftest.py").write_text('pytest_plugins = ["servingbench.plugin"]\n')
-    (proj / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    (proj / "test_inner.py").write_text(INNER_TEST)
+    proj = user_project(INNER_TEST)
     results = tmp_path / "results"
     env = {**os.environ, "HF_TOKEN": HUB_TOKEN, "HUGGING_FACE_HUB_TOKEN": HUB_TOKEN}
     env.pop("SERVINGBENCH_API_KEY", None)
