@@ -28,6 +28,7 @@ from servingbench.load import LoadShape, run_load
 from servingbench.results import atomic_write_json
 from servingbench.server import ServerProcess, ServerStartError
 from servingbench.session import ServerUnavailable
+from servingbench.sse_peer import PeerConfig
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 
@@ -154,7 +155,7 @@ def client_costs(bench: Any, report: dict[str, Any], tmp_path_factory: pytest.Te
         runs: dict[str, list[fd.ClientCost]] = {c: [] for c in clients}
         figures: dict[str, list[dict[str, float]]] = {c: [] for c in clients}
         streams, chunks = spec["streams"], spec["chunks"]
-        with ServerProcess(fd.PeerConfig(model="peer", **spec["peer"]), out / "logs", startup_timeout=60) as peer:
+        with ServerProcess(PeerConfig(model="peer", **spec["peer"]), out / "logs", startup_timeout=60) as peer:
             for i in range(COST_REPS):
                 ours = fd.run_ours(peer.url, "peer", out, num_prompts=streams, concurrency=streams, input_len=16,
                                    output_len=chunks, vocab_size=bench.profile.vocab_size, seed=i)

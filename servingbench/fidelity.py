@@ -5,7 +5,7 @@ Every figure the suite asserts on is only as good as its client, so two things a
 - Agreement: the same workload driven by our load generator and by vLLM's benchmark client against one vLLM
   server gives the same figures (both use vLLM's definitions, see ``metrics.py``). ``compare`` builds the
   side-by-side table from several runs of each client.
-- Client cost: CPU time per streamed chunk against a peer that streams as fast as it can (``PeerConfig``, an
+- Client cost: CPU time per streamed chunk against a peer that streams as fast as it can (``sse_peer``, an
   aiohttp server with no model). A client that needs more CPU per chunk than the server's chunk rate leaves it
   measures itself. Each client runs in its own process here, so its CPU time is its own work only.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import math
 import resource
@@ -26,11 +25,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-
-from .server import ServerConfig
 
 # The figures compared, as (key in vLLM's saved result and in ``BenchmarkMetrics.to_vllm_json``, label).
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -56,75 +53,6 @@ DEFINITION_NOTES = {
 
 class FidelityError(RuntimeError):
     """A client run that cannot be compared (failed requests, a missing field); the message says which."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The fast SSE peer: OpenAI completion chunks shaped like vLLM's, with no model behind them.
-
-@dataclass(frozen=True)
-class PeerConfig(ServerConfig):
-    """A ``ServerProcess`` config for the peer, so it gets the same lifecycle (own process group, /health)."""
-
-    interval_ms: float = 0.0  # per-stream pause between writes; 0: as fast as possible (still yielding)
-    burst: int = 1  # chunks per write: > 1 keeps the peer ahead of any client, so the client sets the pace
-    ttft_ms: float = 0.0  # pause before the first chunk, as a prefill would take
-    engine: ClassVar[str] = "fast-sse-peer"
-
-    def command(self, host: str, port: int) -> list[str]:
-        return [sys.executable, "-m", "servingbench.fidelity", "peer", "--host", host, "--port", str(port),
-                "--interval-ms", str(self.interval_ms), "--burst", str(self.burst), "--ttft-ms", str(self.ttft_ms)]
-
-
-def completion_chunk(request_id: str, model: str, text: str, finish_reason: str | None) -> bytes:
-    """One event as vLLM's /v1/completions streams it (compact JSON, ``usage: null`` until the last event)."""
-    body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
-                         "stop_reason": None}], "usage": None}
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-
-def usage_chunk(request_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-    body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [], "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-                                     "completion_tokens": completion_tokens}}
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-
-def peer_app(interval_ms: float = 0.0, burst: int = 1, ttft_ms: float = 0.0) -> Any:
-    """The peer's aiohttp application: /v1/completions (streaming only), /v1/models, /health."""
-    from aiohttp import web
-
-    ids = itertools.count()
-    pause = interval_ms / 1000.0
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        n, model = max(1, int(body.get("max_tokens") or 16)), str(body.get("model") or "peer")
-        prompt = body.get("prompt")
-        prompt_tokens = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
-        rid = f"cmpl-{next(ids)}"
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        token = completion_chunk(rid, model, " tok", None)
-        await asyncio.sleep(ttft_ms / 1000.0)
-        for i in range(0, n - 1, burst):
-            await resp.write(token * min(burst, n - 1 - i))
-            await asyncio.sleep(pause)  # sleep(0) still yields: streams interleave as on a batching server
-        await resp.write(completion_chunk(rid, model, " tok", "length") + usage_chunk(rid, model, prompt_tokens, n)
-                         + b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fast-sse-peer", "object": "model"}]})
-
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(text="")
-
-    app = web.Application()
-    app.add_routes([web.post("/v1/completions", completions), web.get("/v1/models", models),
-                    web.get("/health", health)])
-    return app
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -397,12 +325,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     parser = argparse.ArgumentParser(prog="python -m servingbench.fidelity")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("peer", help="serve OpenAI completion chunks as fast as possible (no model)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--interval-ms", type=float, default=0.0)
-    p.add_argument("--burst", type=int, default=1)
-    p.add_argument("--ttft-ms", type=float, default=0.0)
     o = sub.add_parser("ours", help="one run of servingbench's load generator, with its CPU time")
     for name in ("--base-url", "--model", "--out"):
         o.add_argument(name, required=True)
@@ -412,12 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     v.add_argument("--cost-out", required=True)
     v.add_argument("--no-trust-env", action="store_true", help="open vLLM's aiohttp sessions with trust_env=False")
     ns = parser.parse_args(argv)
-    if ns.cmd == "peer":
-        from aiohttp import web
-
-        web.run_app(peer_app(ns.interval_ms, ns.burst, ns.ttft_ms), host=ns.host, port=ns.port, print=None,
-                    access_log=None)
-    elif ns.cmd == "ours":
+    if ns.cmd == "ours":
         _ours_child(ns)
     else:
         _vllm_child(ns, extra)

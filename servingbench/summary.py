@@ -51,6 +51,6 @@ def write_summary(results_dir: Path, measurements: list[Measurement], header: di
         **header, "notes": notes,
         "measurements": [{k: v for k, v in m.to_dict().items() if k != "records"} for m in measurements],
     })
-    lines = [f"# servingbench summary", ""] + [f"- {k}: {v}" for k, v in header.items()] + [""]
+    lines = ["# servingbench summary", ""] + [f"- {k}: {v}" for k, v in header.items()] + [""]
     lines += [markdown_table(measurements), ""] + [f"- {n}" for n in notes]
     atomic_write_text(results_dir / "summary.md", "\n".join(lines) + "\n")

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from servingbench.baselines import DEFAULT_TOLERANCE, METRICS
+from servingbench.baselines import DEFAULT_TOLERANCE
+from servingbench.benchmark_samples import METRICS
 
 # Here rather than in tests/conftest.py: a non-root conftest defining pytest_plugins fails `pytest .`.
 pytest_plugins = ["pytester"]

@@ -18,6 +18,7 @@ from servingbench import sse
 from servingbench.datasets import random_token_prompts
 from servingbench.load import CLIENT_BUSY_FRACTION, LOOP_LAG_WARN_MS, LoadShape, run_load
 from servingbench.server import ServerProcess
+from servingbench.sse_peer import PeerConfig, completion_chunk, usage_chunk
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(300)
@@ -42,7 +43,7 @@ VLLM_RESULT: dict[str, Any] = {
 
 
 def _peer(tmp: Path, **kw: Any) -> Iterator[ServerProcess]:
-    server = ServerProcess(fd.PeerConfig(model="peer", **kw), tmp, startup_timeout=60).start()
+    server = ServerProcess(PeerConfig(model="peer", **kw), tmp, startup_timeout=60).start()
     try:
         yield server
     finally:
@@ -134,9 +135,9 @@ def test_peer_streams_vllm_shaped_chunks_and_exact_counts(peer: ServerProcess) -
     m = result.metrics()
     assert (m.completed, m.failed, m.total_output_tokens) == (8, 0, 8 * 37), m.errors
     assert all(len(r.chunk_times) == 37 for r in result.records)
-    first = json.loads(fd.completion_chunk("cmpl-1", "m", " a", None)[6:])
+    first = json.loads(completion_chunk("cmpl-1", "m", " a", None)[6:])
     assert set(first["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason"}
-    usage = json.loads(fd.usage_chunk("cmpl-1", "m", 3, 5)[6:])
+    usage = json.loads(usage_chunk("cmpl-1", "m", 3, 5)[6:])
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 5
 
 
