@@ -56,6 +56,17 @@ def prompts(params: StudyParams, bench) -> list[list[int]]:
     return [list(s.prompt) for s in specs]  # type: ignore[arg-type]
 
 
+def study_config(bench, params: StudyParams, **overrides: Any):
+    """The reference config with the settings this study gives all its servers (``server``) and ``overrides``."""
+    return variant(bench, **{**params.get("server", {}), **overrides})
+
+
+def model_dtype(bench, params: StudyParams) -> str:
+    """The dtype the study's servers run the model in: the one ``auto`` KV stores."""
+    dtype = params.get("server", {}).get("dtype", "auto")
+    return bench.profile.model.dtype if dtype == "auto" else dtype
+
+
 def score(bench, config_name: str, config, params: StudyParams, prompts: list[list[int]]) -> Scored:
     server = start(bench, config_name, config)
     labels = cache_labels(server, bench.api_key)
@@ -65,9 +76,10 @@ def score(bench, config_name: str, config, params: StudyParams, prompts: list[li
 
 @pytest.fixture(scope="session")
 def reference(bench, params: StudyParams, prompts: list[list[int]]) -> Scored:
-    """``auto`` on the lab-load server, scored twice: the second pass must read zero difference."""
+    """``auto`` on the lab-load server (in the study's model dtype), scored twice: the second pass must read zero
+    difference."""
     require_local(bench)
-    config = variant(bench)
+    config = study_config(bench, params)
     first = score(bench, REFERENCE, config, params, prompts)
     again = compare(first.scores, score(bench, REFERENCE, config, params, prompts).scores)
     assert again.prompt_logprob_mae < 1e-4 and again.greedy_exact_match == 1.0, (
@@ -89,6 +101,7 @@ def capacity_fields(cap: KVCapacity) -> dict[str, Any]:
 def test_kv_auto_reference(bench, reference: Scored) -> None:
     assert reference.kv_cache_dtype == "auto", f"config {REFERENCE} serves kv_cache_dtype {reference.kv_cache_dtype}"
     record(bench, {"key": "auto", "requested": "auto", "kv_cache_dtype": "auto", "status": "measured",
+                   "model_dtype": model_dtype(bench, params),
                    "reason": None, "note": None, **capacity_fields(reference.capacity), "capacity_gain": 1.0,
                    "expected_capacity_gain": 1.0, "num_prompts": len(reference.scores)})
     assert reference.capacity.tokens_per_gib, "no KV memory size known: tokens per GiB cannot be computed"
@@ -105,7 +118,7 @@ def test_kv_dtype(kv_dtype: str, config_name: str, bench, params: StudyParams, p
         request.applymarker(pytest.mark.xfail(reason=doubt, strict=False))
     row: dict[str, Any] = {"key": kv_dtype, "requested": kv_dtype, "kv_cache_dtype": choice.engine_name,
                            "note": choice.note, "backend_doubt": doubt}
-    config = variant(bench, kv_cache_dtype=choice.engine_name)
+    config = study_config(bench, params, kv_cache_dtype=choice.engine_name)
     try:
         scored = score(bench, config_name, config, params, prompts)
     except Refused as e:
@@ -117,8 +130,8 @@ def test_kv_dtype(kv_dtype: str, config_name: str, bench, params: StudyParams, p
     cap, ref_cap = scored.capacity, reference.capacity
     assert cap.tokens_per_gib and ref_cap.tokens_per_gib, "KV memory size unknown: tokens per GiB not computable"
     gain = cap.tokens_per_gib / ref_cap.tokens_per_gib
-    model_dtype = bench.profile.model.dtype
-    expected = kv_element_bytes("auto", model_dtype) / kv_element_bytes(choice.engine_name, model_dtype)
+    dtype = model_dtype(bench, params)
+    expected = kv_element_bytes("auto", dtype) / kv_element_bytes(choice.engine_name, dtype)
     record(bench, {**row, "status": "measured", "reason": None, **capacity_fields(cap), "capacity_gain": gain,
                    "expected_capacity_gain": expected, **delta.to_dict()})
     share = params["min_capacity_gain_share"]

@@ -89,6 +89,7 @@ def measure_or_skip():
 
 INI = """[pytest]
 addopts = -ra --benchmark-disable-gc --benchmark-sort=name --import-mode=importlib -p no:cacheprovider
+asyncio_default_fixture_loop_scope = function
 markers =
     servers(*configs): server configs
     slow: slow
