@@ -98,7 +98,7 @@ def capacity_fields(cap: KVCapacity) -> dict[str, Any]:
 
 
 @pytest.mark.servers(REFERENCE)
-def test_kv_auto_reference(bench, reference: Scored) -> None:
+def test_kv_auto_reference(bench, params: StudyParams, reference: Scored) -> None:
     assert reference.kv_cache_dtype == "auto", f"config {REFERENCE} serves kv_cache_dtype {reference.kv_cache_dtype}"
     record(bench, {"key": "auto", "requested": "auto", "kv_cache_dtype": "auto", "status": "measured",
                    "model_dtype": model_dtype(bench, params),
