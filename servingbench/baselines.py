@@ -27,7 +27,7 @@ from typing import Any, Generator, Sequence
 import pytest
 
 from .benchmark_samples import METRICS
-from .results import package_version, software_versions
+from .results import atomic_write_text, package_version, software_versions
 
 # How much a metric's median may grow before the run fails. Measured: five runs of the lab load on the CPU
 # profile (vLLM 0.32 CPU, a fresh server each, 2 cores shared with other jobs): medians varied with a CV of 4-6%
@@ -124,6 +124,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                                    _state(session.config).storage_defaulted else "") + f"; {RECORD_HINT}")
     if _state(session.config).storage_defaulted and bs is not None and hasattr(bs.storage, "default_machine_id"):
         bs.storage.default_machine_id = None
+    if bs is not None and hasattr(bs.storage, "get") and hasattr(bs.storage, "_next_num"):
+        save_atomically(bs.storage)
+
+
+def save_atomically(storage: Any) -> None:
+    """pytest-benchmark's file storage writes a baseline in place: a run killed mid-write would leave a truncated
+    JSON that every later compare fails to load. Write it beside and rename instead (the temporary name does not
+    end in ``.json``, so no load ever globs it)."""
+    from pytest_benchmark.utils import safe_dumps
+
+    def save(output_json: dict[str, Any], save: str) -> None:
+        path = storage.get(f"{storage._next_num}_{save}.json")
+        if path.exists():
+            raise FileExistsError(f"baseline {path} exists: pytest-benchmark numbers files, this should not happen")
+        atomic_write_text(path, safe_dumps(output_json, ensure_ascii=True, indent=4))
+        path.chmod(0o644)  # as a plain write would leave it (the temporary file is private)
+        storage.logger.info(f"Saved benchmark data in: {path}")
+
+    storage.save = save
 
 
 def _versions() -> dict[str, str | None]:

@@ -182,6 +182,30 @@ def test_recorded_baseline_holds_the_samples_and_the_environment(project: Projec
     assert spt["rounds"] == 1
 
 
+def test_a_save_that_fails_mid_write_leaves_the_baselines_as_they_were(project: Project,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-benchmark opens the baseline file and then serializes into it: a failure on the way (a value JSON
+    cannot hold, a full disk, a kill) left an empty or truncated JSON that every later compare fails to load.
+    Here the file goes through a temporary file and a rename."""
+    first = project.record()
+    folder, before = first.parent, first.read_bytes()
+    assert first.stat().st_mode & 0o777 == 0o644
+
+    def unserializable(*args: Any, **kwargs: Any) -> str:
+        raise TypeError("Object of type Decimal is not JSON serializable")
+
+    with monkeypatch.context() as m:  # not monkeypatch.undo(): pytester's chdir is on the same monkeypatch
+        m.setattr("pytest_benchmark.utils.safe_dumps", unserializable)
+        m.setattr("pytest_benchmark.storage.file.safe_dumps", unserializable)
+        try:
+            assert project.run("--benchmark-save=base").ret != 0
+        except TypeError:
+            pass
+    assert [p.name for p in folder.iterdir()] == [first.name]  # no second file, empty or partial; no temporary
+    assert first.read_bytes() == before
+    assert project.compare().ret == 0  # and the baseline still loads
+
+
 def test_identical_run_passes(project: Project) -> None:
     project.record()
     result = project.compare()
