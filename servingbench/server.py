@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,8 +157,11 @@ def _port_owner(port: int) -> str:
 
 
 def die_with_parent(cmd: list[str]) -> list[str]:
-    """``cmd`` wrapped so that it gets SIGTERM when this process dies (Linux); elsewhere ``cmd`` as it is."""
-    if not sys.platform.startswith("linux"):
+    """``cmd`` wrapped so that it gets SIGTERM when this process dies (Linux); elsewhere ``cmd`` as it is.
+
+    The kernel ties the signal to the thread that forked, not the process: from any thread but the main one, a
+    server would be stopped when that thread ends, so only the main thread's starts are wrapped."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return cmd
     return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 

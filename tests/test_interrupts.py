@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -184,6 +185,10 @@ def test_interrupted_session_leaves_no_server(session_factory: Any, sig: int, te
     assert_all_gone(session)
 
 
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+
+
+@LINUX_ONLY
 def test_killed_session_leaves_no_server(session_factory: Any) -> None:
     """``kill -9`` of pytest runs no handler at all: the kernel's parent-death signal must end the server."""
     session = session_factory("test_holds_a_server")
@@ -191,6 +196,26 @@ def test_killed_session_leaves_no_server(session_factory: Any) -> None:
     session.proc.kill()  # pytest only, not its group: the server has a session of its own anyway
     assert session.wait() == -signal.SIGKILL
     assert_all_gone(session, within=30.0)
+
+
+@LINUX_ONLY
+def test_only_the_main_thread_ties_a_server_to_its_life() -> None:
+    """The parent-death signal follows the forking thread: a server started from a worker thread is not wrapped,
+    or it would be stopped when that thread ends."""
+    from servingbench.server import die_with_parent
+
+    wrapped = die_with_parent(["/bin/true"])
+    assert wrapped[-1] == "/bin/true" and len(wrapped) > 1
+    from_thread: list[list[str]] = []
+    worker = threading.Thread(target=lambda: from_thread.append(die_with_parent(["/bin/true"])))
+    worker.start()
+    worker.join()
+    assert from_thread == [["/bin/true"]]
+    # the launcher itself: runs the command when its parent is the one named, refuses when that one has gone
+    ok = subprocess.run(wrapped, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    gone = subprocess.run([*wrapped[:3], "1", "/bin/true"], capture_output=True, text=True)
+    assert gone.returncode == 1 and "the starting process has ended" in gone.stderr
 
 
 def test_failing_fixture_leaves_no_server(session_factory: Any) -> None:
