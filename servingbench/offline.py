@@ -118,8 +118,8 @@ def run_offline(spec: OfflineSpec, log_dir: Path, timeout_s: float = 900.0) -> O
     cmd = [sys.executable, "-m", "servingbench.offline", "--spec", json.dumps(dataclasses.asdict(spec)),
            "--out", str(out)]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(die_with_parent(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(die_with_parent(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
         sampler = telemetry.Sampler(proc.pid)
         try:
             with sampler:

@@ -19,7 +19,6 @@ from typing import Any, ClassVar, Sequence
 from .server import ServerConfig
 
 
-
 @dataclass(frozen=True)
 class PeerConfig(ServerConfig):
     """A ``ServerProcess`` config for the peer, so it gets the same lifecycle (own process group, /health)."""

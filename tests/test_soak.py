@@ -17,8 +17,9 @@ inside its capacity on this machine. Checked:
   neighbours). When the latency check fails while other processes used over 0.5 cores in either third or rose
   by more than 0.25 cores, or while the kernel ran over 10 % slower in the last third and the drift is within
   tolerance once the first third is scaled by that slowdown, the test is skipped as confounded (with every figure
-  in the reason) instead of blaming the server. Otherwise it fails: a server that slows on a steady machine. The rates sit well below each engine's capacity here, so that a steady state
-  exists to compare (an overloaded open-loop server's latency grows with its queue, leak or no leak).
+  in the reason) instead of blaming the server. Otherwise it fails: a server that slows on a steady machine. The
+  rates sit well below each engine's capacity here, so that a steady state exists to compare (an overloaded
+  open-loop server's latency grows with its queue, leak or no leak).
 The vLLM server of this module is started once, with an API key and a hub token in its environment, so the
 vLLM security checks (loopback only, 401 without the key, no secret in any file written) run here too.
 """
@@ -122,8 +123,7 @@ class ServerProbe:
     def sample(self) -> None:
         m = psutil.cpu_times()
         own = psutil.Process().cpu_times()
-        t = time.perf_counter()
-        self.samples.append(Sample(t, telemetry.tree_rss(self.pid), tree_cpu(self.pid),
+        self.samples.append(Sample(time.perf_counter(), telemetry.tree_rss(self.pid), tree_cpu(self.pid),
                                    m.user + m.nice + m.system + m.irq + m.softirq + m.steal,
                                    own.user + own.system, *time_kernels()))
 
@@ -141,9 +141,12 @@ class ServerProbe:
         self._thread.join(timeout=5)
         self.sample()
 
+    def within(self, t0: float, t1: float) -> list[Sample]:
+        return [s for s in self.samples if t0 <= s.t <= t1]
+
     def between(self, t0: float, t1: float) -> tuple[float, float]:
         """(server cores, other processes' cores) used on average between two instants."""
-        inside = [s for s in self.samples if t0 <= s.t <= t1]
+        inside = self.within(t0, t1)
         if len(inside) < 2:
             return math.nan, math.nan
         a, b = inside[0], inside[-1]
@@ -155,7 +158,7 @@ class ServerProbe:
     def slowdown(self, first: tuple[float, float], last: tuple[float, float]) -> float:
         """How much slower the machine ran between ``last``'s instants than between ``first``'s (1.0: same)."""
         def medians(t0: float, t1: float) -> tuple[float, float]:
-            inside = [s for s in self.samples if t0 <= s.t <= t1] or self.samples
+            inside = self.within(t0, t1) or self.samples
             return (statistics.median(s.kernel_loop for s in inside),
                     statistics.median(s.kernel_stream for s in inside))
 
