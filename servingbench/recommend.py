@@ -285,6 +285,11 @@ def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None
         if speed:
             rec.verdict += f"; {speed.split(', so ')[1]}"
         return rec
+    if all(r.get("prompt_top1_agreement") is None for r in quant):  # e.g. dummy weights: nothing to score
+        gain = times(max(r.get("capacity_gain") or 0 for r in quant))
+        return Recommendation(topic, f"undecided: up to {gain} tokens per GiB measured, but not the accuracy cost; "
+                                     "measure it on real weights (--model llama-2-7b-seeded or a checkpoint) before "
+                                     "choosing a quantized cache", evidence, None)
     accurate = [r for r in quant if (r.get("prompt_top1_agreement") or 0) >= min_top1
                 and (r.get("prompt_logprob_mae") if r.get("prompt_logprob_mae") is not None else math.inf) <= max_mae]
     acc = (f"{len(accurate)} of {len(quant)} quantized dtypes stay within top-1 agreement >= {min_top1} and mean "

@@ -66,7 +66,16 @@ def _absent(doc: "Doc", title: str, study: Row | None) -> bool:
     if not study or not study.get("rows"):
         doc.p("not measured in this run")
         return True
+    doc.p(_provenance(study))
     return False
+
+
+def _provenance(study: Row) -> str:
+    """Where a study ran: a report can gather studies of other runs (e.g. KV accuracy on seeded weights)."""
+    hw, model, versions = study.get("hardware") or {}, study.get("model") or {}, study.get("versions") or {}
+    where = hw.get("gpu_name") or hw.get("cpu") or hw.get("profile") or "unknown hardware"
+    engine = f", vLLM {versions['vllm']}" if versions.get("vllm") else ""
+    return f"Measured on {where} with model {model.get('name', 'unknown')}{engine}."
 
 
 def block_size(doc: "Doc", study: Row | None, figs: Path) -> None:

@@ -138,6 +138,10 @@ def test_block_size_and_kv_quantization_rules() -> None:
     assert kv_quant_advice(study, 118_192, load, 0.8, 0.25).choice is False  # capacity does not bind
     assert kv_quant_advice(study, 40_000, load, 0.8, 0.25).choice == "fp8"
     assert kv_quant_advice(study, 40_000, load, 0.99, 0.25).choice is False  # not accurate enough
+    unscored = {"rows": [{"key": "fp8", "status": "measured", "capacity_gain": 2.0, "expected_capacity_gain": 2.0}]}
+    advice = kv_quant_advice(unscored, 40_000, load, 0.8, 0.25)  # dummy weights: capacity only
+    assert advice.choice is None and "up to 2x tokens per GiB" in advice.verdict
+    assert "llama-2-7b-seeded" in advice.verdict
 
 
 # ---- the H100 run (vLLM 0.26 vs HF, Llama-2-7B shape) ---------------------------------------------------------------
@@ -452,6 +456,7 @@ def test_study_sections_show_the_study_numbers(session_dir: Path, tmp_path: Path
     write_studies(src, block64_tput=210.0)
     md, machine = report(src, tmp_path / "r")
     assert table_row(md, "64")[1:6] == ["measured", "65,536", "2.00", "32,768", "210.0"]
+    assert md.count("Measured on test cpu with model cpu-llama-36m.") == 5  # each study says where it ran
     assert "ValueError: block size 16 is not supported" in table_row(md, "16")[-1]
     fp8 = table_row(md, "fp8")
     assert fp8[1] == "fp8_e4m3" and fp8[5:9] == ["4.00x", "4.00x", "0.962", "0.0431"]
