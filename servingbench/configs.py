@@ -17,6 +17,7 @@ from .hardware import Hardware
 from .load import LoadShape
 from .profiles import ModelProfile
 from .server import HFConfig, ServerConfig, VLLMConfig
+from .tensor_parallel import NO_MULTICAST_ENV
 
 ENGINES: dict[str, type[ServerConfig]] = {"vllm": VLLMConfig, "hf": HFConfig}
 CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE: 65,536 tokens of the CPU profile's model, 64 full-length sequences
@@ -124,6 +125,8 @@ class RunProfile:
             merged["extra_args"] = tuple(merged["extra_args"])
         if "env" in overrides:
             merged["env"] = tuple(dict(base.get("env", ()), **dict(overrides["env"])).items())
+        if engine == "vllm" and gpu and merged["tensor_parallel_size"] > 1:
+            merged["env"] = tuple({**dict(NO_MULTICAST_ENV), **dict(merged.get("env", ()))}.items())
         return cls(**merged)
 
     def named_config(self, name: str, configs: Mapping[str, Mapping[str, Any]]) -> ServerConfig:

@@ -22,10 +22,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import telemetry
 from .server import die_with_parent
+from .tensor_parallel import NO_MULTICAST_ENV
 
 ENGINES = ("vllm", "hf")
 
@@ -106,15 +107,23 @@ class OfflineResult:
                 "output_tokens_per_s": self.output_tokens_per_s, "total_tokens_per_s": self.total_tokens_per_s}
 
 
+def offline_env(spec: OfflineSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The subprocess's environment: the CPU KV space, and NVLink multicast off for TP > 1 (as for servers)."""
+    env = dict(os.environ if base is None else base)
+    if spec.engine == "vllm" and spec.kv_cache_space_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_space_gib)
+    if spec.engine == "vllm" and spec.tensor_parallel_size > 1:
+        env.update(NO_MULTICAST_ENV)
+    return env
+
+
 def run_offline(spec: OfflineSpec, log_dir: Path, timeout_s: float = 900.0) -> OfflineResult:
     """Run ``spec`` in a subprocess and return its figures; raises OfflineError with the log's tail on failure."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = log_dir / f"offline-{spec.label}.json"
     log = log_dir / f"offline-{spec.label}.log"
     out.unlink(missing_ok=True)
-    env = dict(os.environ)
-    if spec.engine == "vllm" and spec.kv_cache_space_gib is not None:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_space_gib)
+    env = offline_env(spec)
     cmd = [sys.executable, "-m", "servingbench.offline", "--spec", json.dumps(dataclasses.asdict(spec)),
            "--out", str(out)]
     with open(log, "wb") as fh:

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 TP_SIZES = (1, 2, 4)
+# Every multi-GPU server starts with NVLink multicast (NVLS) off, in NCCL, PyTorch's symmetric memory, NVSHMEM and
+# vLLM's symmetric-memory all-reduce: on a shared host, a program that uses it can put every GPU of the host out of
+# service (the lent H200 hosts require these). A config entry's own `env` can set them back on owned hardware.
+NO_MULTICAST_ENV = (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+                    ("NVSHMEM_DISABLE_NVLS", "1"), ("VLLM_ALLREDUCE_USE_SYMM_MEM", "0"))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from servingbench.kv_accuracy import ScoredPrompt, compare, parse_choice
 from servingbench.kvcache import (BackendFacts, KVCapacity, KVConfigError, engine_refusal, kv_capacity,
                                   kv_element_bytes, parse_kv_dtype_choices, resolve_kv_cache_dtype,
                                   start_failure_log)
-from servingbench.offline import OfflineResult, OfflineSpec
+from servingbench.offline import OfflineResult, OfflineSpec, offline_env
 from servingbench.profiles import get_profile
 from servingbench.studies import (SCHEMA, PrefixCounters, StudyConfigError, SweepPoint, find_knee, kv_saving,
                                   load_study_params, prefix_counters, prefix_findings, record_rows, start_refusal,
@@ -317,6 +317,18 @@ def test_tp_config_carries_the_size() -> None:
     assert cfg.command("127.0.0.1", 8000)[cfg.command("127.0.0.1", 8000).index("--tensor-parallel-size") + 1] == "2"
 
 
+def test_multi_gpu_servers_start_with_nvlink_multicast_off() -> None:
+    profile = RunProfile(Hardware("H200-141GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 1)
+    env = dict(profile.server_config("vllm", **tp.server_overrides(2)).env)
+    assert env == dict(tp.NO_MULTICAST_ENV) and env["NCCL_NVLS_ENABLE"] == "0"
+    assert not profile.server_config("vllm").env  # one GPU: no collective, nothing to turn off
+    # the run-wide size (--tensor-parallel-size 2) gets them too, and a config entry's own env wins
+    wide = RunProfile(Hardware("H200-141GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 2)
+    assert dict(wide.server_config("vllm").env)["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
+    mine = dict(wide.server_config("vllm", env={"NCCL_NVLS_ENABLE": "1", "X": "y"}).env)
+    assert mine["NCCL_NVLS_ENABLE"] == "1" and mine["X"] == "y" and mine["NVSHMEM_DISABLE_NVLS"] == "1"
+
+
 # ---- parameters, result files, offline specs ----------------------------------------------------------------
 
 def test_study_params_overlay_the_profile() -> None:
@@ -363,6 +375,14 @@ def test_offline_spec_checks_and_rates() -> None:
         OfflineSpec("hf", "/m", "float32", 1, 1000, 100, 10, max_model_len=1024)
     r = OfflineResult("hf", "x", num_prompts=32, prompt_tokens=4096, output_tokens=2048, elapsed_s=8.0, init_s=1.0)
     assert (r.requests_per_s, r.output_tokens_per_s, r.total_tokens_per_s) == (4.0, 256.0, 768.0)
+
+
+def test_offline_subprocess_env() -> None:
+    tp2 = OfflineSpec("vllm", "/m", "bfloat16", 8, 16, 8, 32000, tensor_parallel_size=2)
+    env = offline_env(tp2, {"PATH": "/bin"})
+    assert env["PATH"] == "/bin" and {k: env[k] for k, _ in tp.NO_MULTICAST_ENV} == dict(tp.NO_MULTICAST_ENV)
+    cpu = offline_env(OfflineSpec("vllm", "/m", "float32", 8, 16, 8, 8192, kv_cache_space_gib=2), {})
+    assert cpu == {"VLLM_CPU_KVCACHE_SPACE": "2"}  # one device: no multicast settings
 
 
 # Lines of the two start-up failures seen on the lent H100 (vLLM 0.26.0, Llama-2-7B shape, fp16), verbatim but cut.
