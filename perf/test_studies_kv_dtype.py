@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from servingbench.datasets import random_token_prompts
-from servingbench.kv_accuracy import ScoredPrompt, compare, score_prompts
+from servingbench.kv_accuracy import ScoredPrompt, compare, score_prompts, study_prompts
 from servingbench.kvcache import (KVCapacity, accepted_kv_cache_dtypes, kv_element_bytes, probe_cpu_backend,
                                   resolve_kv_cache_dtype)
 from servingbench.studies import StudyParams, kv_dtype_findings, load_study_params, record_rows
@@ -55,9 +54,7 @@ def params(pytestconfig: pytest.Config) -> StudyParams:
 
 @pytest.fixture(scope="session")
 def prompts(params: StudyParams, bench) -> list[list[int]]:
-    specs = random_token_prompts(params["num_prompts"], params["prompt_len"], params["output_len"],
-                                 bench.profile.vocab_size, params["seed"])
-    return [list(s.prompt) for s in specs]  # type: ignore[arg-type]
+    return study_prompts(params, bench.profile.vocab_size)
 
 
 def study_config(bench, params: StudyParams, **overrides: Any):

@@ -16,9 +16,8 @@ from itertools import combinations
 from pathlib import Path
 
 from servingbench.configs import RunProfile
-from servingbench.datasets import random_token_prompts
 from servingbench.hardware import detect
-from servingbench.kv_accuracy import compare, score_prompts
+from servingbench.kv_accuracy import compare, score_prompts, study_prompts
 from servingbench.profiles import get_profile, materialize
 from servingbench.server import ServerProcess
 from servingbench.studies import load_study_params
@@ -36,10 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     params = load_study_params(STUDIES, "kv_cache_dtype", args.gpu)
     profile = get_profile(args.model)
-    prompts = [list(s.prompt) for s in random_token_prompts(params["num_prompts"], params["prompt_len"],
-                                                              params["output_len"], profile.config["vocab_size"],
-                                                              params["seed"])]
     run = RunProfile(detect(args.gpu), profile, materialize(profile))
+    prompts = study_prompts(params, run.vocab_size)
     scores = {}
     for dtype in args.dtypes:  # the suite's lab-load vLLM config, in eager mode, with only the dtype changed
         config = run.server_config("vllm", dtype=dtype, enforce_eager=True)

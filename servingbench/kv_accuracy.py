@@ -21,7 +21,9 @@ import json
 import math
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+from .datasets import random_token_prompts
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ def parse_choice(choice: dict[str, Any], prompt_ids: Sequence[int]) -> ScoredPro
     out_lp = (choice.get("logprobs") or {}).get("token_logprobs") or []
     return ScoredPrompt(tuple(prompt_ids), tuple(logprobs), tuple(top1), tuple(output_ids),
                         tuple(float(x) for x in out_lp))
+
+
+def study_prompts(params: Mapping[str, Any], vocab_size: int) -> list[list[int]]:
+    """The KV study's fixed prompt set (``num_prompts`` x ``prompt_len`` random ids from ``seed``): one definition,
+    so the study and its noise floor (scripts/kv_noise_floor.py) score the same prompts."""
+    specs = random_token_prompts(params["num_prompts"], params["prompt_len"], params["output_len"], vocab_size,
+                                 params["seed"])
+    return [list(s.prompt) for s in specs]  # type: ignore[arg-type]
 
 
 def score_prompts(base_url: str, model: str, prompts: Sequence[Sequence[int]], max_tokens: int,

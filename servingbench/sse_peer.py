@@ -38,13 +38,17 @@ def completion_chunk(request_id: str, model: str, text: str, finish_reason: str 
     body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
                          "stop_reason": None}], "usage": None}
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return _event(body)
 
 
 def usage_chunk(request_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> bytes:
     body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [], "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
                                      "completion_tokens": completion_tokens}}
+    return _event(body)
+
+
+def _event(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
