@@ -1,3 +1,3 @@
 """Registers the servingbench pytest plugin for tests/ and perf/ (options, fixtures, hooks: servingbench/plugin.py)."""
 
-pytest_plugins = ["servingbench.plugin", "servingbench.baselines"]
+pytest_plugins = ["servingbench.plugin.hooks", "servingbench.plugin.baselines"]

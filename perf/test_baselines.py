@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from servingbench.benchmark_samples import METRICS, SAMPLE_CLOCK, record_measurement
+from servingbench.plugin.samples import METRICS, SAMPLE_CLOCK, record_measurement
 
 CONFIGS = ["vllm", "hf"]
 

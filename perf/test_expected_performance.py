@@ -6,7 +6,7 @@ with the measured value, the bound and the file:line where the bound lives.
 
 from __future__ import annotations
 
-from servingbench.thresholds import Bound, bound_value
+from servingbench.suite.thresholds import Bound, bound_value
 
 
 def test_expectation(bound: Bound, bench, expectations, measure_or_skip) -> None:

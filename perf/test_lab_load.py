@@ -25,7 +25,7 @@ def test_lab_load_is_served_exactly(config_name: str, bench, expectations, measu
 @pytest.mark.parametrize("config_name", ENGINES)
 def test_batch_efficiency_is_measured(config_name: str, bench, expectations, measure_or_skip) -> None:
     """Throughput at the lab's concurrency over C x single-stream throughput, on the same server."""
-    from servingbench.thresholds import single_stream
+    from servingbench.load.workload import single_stream
 
     workload = bench.workload(expectations, "lab", config_name)
     loaded = measure_or_skip(config_name, workload)

@@ -12,10 +12,10 @@ from typing import Any, NoReturn
 
 import pytest
 
-from servingbench.kvcache import probe_cpu_backend
-from servingbench.results import package_version
-from servingbench.studies import StudyParams, block_size_findings, load_study_params, record_rows, serving_row
-from servingbench.study_runs import REFERENCE, Refused, require_local, served_run, variant
+from servingbench.studies.kv_cache import probe_cpu_backend
+from servingbench.measure.environment import package_version
+from servingbench.studies.common import StudyParams, block_size_findings, load_study_params, record_rows, serving_row
+from servingbench.studies.runs import REFERENCE, Refused, require_local, served_run, variant
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 

@@ -1,7 +1,7 @@
 """Concurrency sweep: throughput and latency percentiles per level, the knee, the throughput-latency curve.
 
 Levels 1, 2, 4, ..., 64 on the lab-load server (config "vllm"), closed loop, num_requests = max(2 x level, 8)
-with short prompts and outputs on the CPU (perf/studies.toml). The knee (servingbench.studies.find_knee) is the
+with short prompts and outputs on the CPU (perf/studies.toml). The knee (servingbench.studies.common.find_knee) is the
 first level where p50 E2EL or p50 TPOT grows by more, relatively, than output throughput does over the previous
 level; the level before it is the recommended operating point. Writes studies/concurrency.json.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from servingbench.configs import Workload
-from servingbench.studies import StudyParams, load_study_params, record_rows, serving_row, sweep_findings
-from servingbench.study_runs import REFERENCE, require_local
+from servingbench.load.workload import Workload
+from servingbench.studies.common import StudyParams, load_study_params, record_rows, serving_row, sweep_findings
+from servingbench.studies.runs import REFERENCE, require_local
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from servingbench.kv_accuracy import ScoredPrompt, compare, score_prompts, study_prompts
-from servingbench.kvcache import (KVCapacity, accepted_kv_cache_dtypes, kv_element_bytes, probe_cpu_backend,
-                                  resolve_kv_cache_dtype)
-from servingbench.studies import StudyParams, kv_dtype_findings, load_study_params, record_rows
-from servingbench.study_runs import REFERENCE, Refused, cache_labels, capacity_of, require_local, start, variant
+from servingbench.studies.kv_accuracy import ScoredPrompt, compare, score_prompts, study_prompts
+from servingbench.studies.kv_cache import (KVCapacity, accepted_kv_cache_dtypes, kv_element_bytes, probe_cpu_backend, resolve_kv_cache_dtype)
+from servingbench.studies.common import StudyParams, kv_dtype_findings, load_study_params, record_rows
+from servingbench.studies.runs import REFERENCE, Refused, cache_labels, capacity_of, require_local, start, variant
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 

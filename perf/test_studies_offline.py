@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from servingbench.configs import CPU_KV_CACHE_GIB, GPU_MEMORY_UTILIZATION
-from servingbench.offline import OfflineResult, OfflineSpec, run_offline
-from servingbench.studies import StudyParams, load_study_params, offline_findings, record_rows
+from servingbench.suite.run_settings import CPU_KV_CACHE_GIB, GPU_MEMORY_UTILIZATION
+from servingbench.studies.offline import OfflineResult, OfflineSpec, run_offline
+from servingbench.studies.common import StudyParams, load_study_params, offline_findings, record_rows
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 

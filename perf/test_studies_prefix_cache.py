@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from servingbench.datasets import expected_prefix_hit_rate
-from servingbench.studies import (StudyParams, kv_saving, load_study_params, prefix_findings, record_rows,
-                                  serving_row)
-from servingbench.study_runs import REFERENCE, ServedRun, require_local, served_run, variant
+from servingbench.load.datasets import expected_prefix_hit_rate
+from servingbench.studies.common import StudyParams, kv_saving, load_study_params, prefix_findings, record_rows, serving_row
+from servingbench.studies.runs import REFERENCE, ServedRun, require_local, served_run, variant
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 

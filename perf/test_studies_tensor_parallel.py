@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from servingbench import tensor_parallel as tp
-from servingbench.studies import StudyParams, load_study_params, record_rows, serving_row
-from servingbench.study_runs import require_local, variant
+from servingbench.studies import tensor_parallel as tp
+from servingbench.studies.common import StudyParams, load_study_params, record_rows, serving_row
+from servingbench.studies.runs import require_local, variant
 
 STUDY = "tensor_parallel"
 PARAMS = Path(__file__).with_name("studies.toml")

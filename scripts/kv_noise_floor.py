@@ -15,12 +15,12 @@ import json
 from itertools import combinations
 from pathlib import Path
 
-from servingbench.configs import RunProfile
-from servingbench.hardware import detect
-from servingbench.kv_accuracy import compare, score_prompts, study_prompts
-from servingbench.profiles import get_profile, materialize
-from servingbench.server import ServerProcess
-from servingbench.studies import load_study_params
+from servingbench.suite.run_settings import RunProfile
+from servingbench.measure.environment import detect
+from servingbench.studies.kv_accuracy import compare, score_prompts, study_prompts
+from servingbench.suite.models import get_profile, materialize
+from servingbench.servers.process import ServerProcess
+from servingbench.studies.common import load_study_params
 
 STUDIES = Path(__file__).resolve().parents[1] / "perf" / "studies.toml"
 

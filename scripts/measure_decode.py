@@ -12,9 +12,9 @@ import dataclasses
 import json
 import sys
 
-from servingbench.datasets import random_token_prompts
-from servingbench.hf_engine import HFBaselineServer
-from servingbench.profiles import get_profile, materialize
+from servingbench.load.datasets import random_token_prompts
+from servingbench.servers.hf.engine import HFBaselineServer
+from servingbench.suite.models import get_profile, materialize
 
 TINY = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 4, "vocab_size": 512}

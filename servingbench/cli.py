@@ -55,7 +55,7 @@ def add_serve_hf_parser(subparsers: "argparse._SubParsersAction[argparse.Argumen
 
 
 def cmd_serve_hf(args: argparse.Namespace) -> int:
-    from .hf_server import run_server
+    from servingbench.servers.hf.app import run_server
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
@@ -70,7 +70,7 @@ def cmd_serve_hf(args: argparse.Namespace) -> int:
 
 
 def add_report_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .report import add_report_parser as add  # no torch or matplotlib at import: --help stays instant
+    from servingbench.report.write import add_report_parser as add  # no torch or matplotlib at import: --help stays instant
 
     add(subparsers)
 

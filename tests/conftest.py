@@ -8,8 +8,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from servingbench.profiles import get_profile, materialize
-from servingbench.server import HFConfig, ServerProcess
+from servingbench.suite.models import get_profile, materialize
+from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.process import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,7 @@ def user_project(tmp_path: Path) -> Callable[[str], Path]:
 
 def write_user_project(root: Path, test_source: str) -> Path:
     root.mkdir(parents=True)
-    (root / "conftest.py").write_text('pytest_plugins = ["servingbench.plugin"]\n')
+    (root / "conftest.py").write_text('pytest_plugins = ["servingbench.plugin.hooks"]\n')
     (root / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     (root / "test_inner.py").write_text(test_source)
     return root

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from servingbench.baselines import DEFAULT_TOLERANCE
-from servingbench.benchmark_samples import METRICS
+from servingbench.plugin.baselines import DEFAULT_TOLERANCE
+from servingbench.plugin.samples import METRICS
 
 # Here rather than in tests/conftest.py: a non-root conftest defining pytest_plugins fails `pytest .`.
 pytest_plugins = ["pytester"]
@@ -33,10 +33,10 @@ PROFILE = "test-hw-a"
 BUILDER = '''
 import random
 
-from servingbench.metrics import compute_metrics
-from servingbench.records import RequestRecord
-from servingbench.results import Measurement
-from servingbench.telemetry import TelemetrySummary
+from servingbench.measure.metrics import compute_metrics
+from servingbench.measure.records import RequestRecord
+from servingbench.measure.measurement import Measurement
+from servingbench.measure.telemetry import TelemetrySummary
 
 
 def synthetic(config_name, workload, ttft=1.0, itl=1.0, duration=1.0, n=24, tokens=12):
@@ -64,7 +64,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["servingbench.plugin", "servingbench.baselines"]
+pytest_plugins = ["servingbench.plugin.hooks", "servingbench.plugin.baselines"]
 ''' + BUILDER + '''
 
 class StubBench:
@@ -161,7 +161,7 @@ def test_recorded_baseline_holds_the_samples_and_the_environment(project: Projec
     assert sorted(benches) == sorted(ALL_IDS)
     ns: dict[str, Any] = {}
     exec(BUILDER, ns)
-    from servingbench.thresholds import load_table
+    from servingbench.suite.thresholds import load_table
 
     table = load_table(REPO / "perf" / "expected_performance.toml")
     for config in ("vllm", "hf"):

@@ -13,12 +13,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from servingbench import fidelity as fd
-from servingbench import sse
-from servingbench.datasets import random_token_prompts
-from servingbench.load import CLIENT_BUSY_FRACTION, LOOP_LAG_WARN_MS, LoadShape, run_load
-from servingbench.server import ServerProcess
-from servingbench.sse_peer import PeerConfig, completion_chunk, usage_chunk
+from servingbench.studies import fidelity as fd
+from servingbench.load import sse
+from servingbench.load.datasets import random_token_prompts
+from servingbench.load.generator import CLIENT_BUSY_FRACTION, LOOP_LAG_WARN_MS, LoadShape, run_load
+from servingbench.servers.process import ServerProcess
+from servingbench.servers.sse_peer import PeerConfig, completion_chunk, usage_chunk
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(300)
@@ -184,8 +184,8 @@ def test_a_healthy_client_is_not_flagged(paced_peer: ServerProcess) -> None:
 
 INNER_TEST = '''
 import time
-from servingbench import sse
-from servingbench.configs import Workload
+from servingbench.load import sse
+from servingbench.load.workload import Workload
 
 _real = sse.chunk_content
 
@@ -210,7 +210,7 @@ def test_saturation_warning_reaches_the_measurement_json_and_the_session_summary
     pytester.makeini("[pytest]\n")
     results = pytester.path / "results"
     table = Path(__file__).resolve().parents[1] / "perf" / "expected_performance.toml"
-    run = pytester.runpytest_subprocess("-p", "servingbench.plugin", "-p", "no:cacheprovider", "--server-url",
+    run = pytester.runpytest_subprocess("-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider", "--server-url",
                                         peer.url, "--expectations", str(table), "--results-dir", str(results),
                                         timeout=240)
     run.assert_outcomes(passed=1)

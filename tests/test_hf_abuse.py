@@ -18,9 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from servingbench.datasets import random_token_prompts
-from servingbench.load import LoadShape, LoadResult, run_load
-from servingbench.server import HFConfig, ServerProcess
+from servingbench.load.datasets import random_token_prompts
+from servingbench.load.generator import LoadShape, LoadResult, run_load
+from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.process import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 

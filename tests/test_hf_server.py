@@ -21,10 +21,11 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from servingbench.datasets import random_token_prompts
-from servingbench.hf_engine import HFBaselineServer, SequenceRequest
-from servingbench.load import LoadShape, run_load
-from servingbench.server import HFConfig, ServerProcess
+from servingbench.load.datasets import random_token_prompts
+from servingbench.servers.hf.engine import HFBaselineServer, SequenceRequest
+from servingbench.load.generator import LoadShape, run_load
+from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.process import ServerProcess
 
 MODEL = "cpu-llama-36m"  # the served name conftest's hf_server uses
 VOCAB = 8192

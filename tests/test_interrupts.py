@@ -1,7 +1,7 @@
 """Interrupting pytest must not leave servers behind.
 
 Each test runs a real inner pytest session in a subprocess: a temporary project that loads the plugin the way a
-user's does (``pytest_plugins = ["servingbench.plugin"]``) and starts a real HF baseline server, through a fixture
+user's does (``pytest_plugins = ["servingbench.plugin.hooks"]``) and starts a real HF baseline server, through a fixture
 or through ``bench.measure``. Once the server answers ``/health`` the outer test interrupts the session (Ctrl-C
 to its process group, SIGTERM as a CI runner sends, ``kill -9``, a failing fixture, a second Ctrl-C during a slow
 shutdown) and then reads the process table: the server and every child of it must be gone.
@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 INNER_TESTS = textwrap.dedent('''
     import json, os, pathlib, time
     import pytest
-    from servingbench.configs import Workload
-    from servingbench.server import HFConfig, ServerProcess
+    from servingbench.load.workload import Workload
+    from servingbench.servers.hf.config import HFConfig
+    from servingbench.servers.process import ServerProcess
 
     STATE = pathlib.Path(os.environ["SB_STATE"])
     CONFIG = HFConfig(model=os.environ["SB_MODEL_DIR"], served_model_name="cpu-llama-36m", dtype="float32",
@@ -202,7 +203,7 @@ def test_killed_session_leaves_no_server(session_factory: Any) -> None:
 def test_only_the_main_thread_ties_a_server_to_its_life() -> None:
     """The parent-death signal follows the forking thread: a server started from a worker thread is not wrapped,
     or it would be stopped when that thread ends."""
-    from servingbench.server import die_with_parent
+    from servingbench.servers.process import die_with_parent
 
     wrapped = die_with_parent(["/bin/true"])
     assert wrapped[-1] == "/bin/true" and len(wrapped) > 1
@@ -250,7 +251,7 @@ def test_second_ctrl_c_during_a_slow_shutdown_leaves_no_server(session_factory: 
 # ---- GPU memory release after a stop (no GPU here: the waiting logic, with nvml's answers replayed) --------
 
 def test_wait_for_gpu_memory_release_waits_until_memory_returns(monkeypatch: pytest.MonkeyPatch) -> None:
-    from servingbench import telemetry
+    from servingbench.measure import telemetry
 
     gib = telemetry.GIB
     readings = iter([[int(70 * gib), int(0.1 * gib)], [int(30 * gib), 0], [int(1.5 * gib), 0]])
@@ -262,7 +263,7 @@ def test_wait_for_gpu_memory_release_waits_until_memory_returns(monkeypatch: pyt
 
 
 def test_wait_for_gpu_memory_release_names_the_gpu_still_held(monkeypatch: pytest.MonkeyPatch) -> None:
-    from servingbench import telemetry
+    from servingbench.measure import telemetry
 
     clock = iter(range(0, 1000, 10))
     monkeypatch.setattr(telemetry, "gpu_memory_used", lambda: [0, int(40 * telemetry.GIB)])
@@ -273,7 +274,7 @@ def test_wait_for_gpu_memory_release_names_the_gpu_still_held(monkeypatch: pytes
 
 
 def test_wait_for_gpu_memory_release_without_a_gpu_returns_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from servingbench import telemetry
+    from servingbench.measure import telemetry
 
     naps: list[float] = []
     monkeypatch.setattr(telemetry, "gpu_memory_used", lambda: [])

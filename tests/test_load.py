@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from servingbench.client import chat_completion
-from servingbench.datasets import random_token_prompts
-from servingbench.load import LoadShape, arrival_offsets, load_test, run_load
-from servingbench.server import ServerProcess, free_port
+from servingbench.load.chat_client import chat_completion
+from servingbench.load.datasets import random_token_prompts
+from servingbench.load.generator import LoadShape, arrival_offsets, load_test, run_load
+from servingbench.servers.process import ServerProcess, free_port
 
 VOCAB = 8192
 MODEL = "cpu-llama-36m"

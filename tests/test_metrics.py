@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from servingbench.metrics import SLO, Distribution, compute_metrics, max_in_flight
-from servingbench.records import RequestRecord
-from servingbench.sse import read_stream
+from servingbench.measure.metrics import SLO, Distribution, compute_metrics, max_in_flight
+from servingbench.measure.records import RequestRecord
+from servingbench.load.sse import read_stream
 
 
 def rec(rid: str, start: float, chunks: list[float], tokens: int | None, prompt_len: int = 10,

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from servingbench.server import ServerProcess
+from servingbench.servers.process import ServerProcess
 
 pytest_plugins = ["pytester"]
 
@@ -32,7 +32,7 @@ engine = "vllm"
 """
 
 TESTS = '''
-from servingbench.thresholds import bound_value
+from servingbench.suite.thresholds import bound_value
 
 def test_expectation(bound, bench, expectations, measure_or_skip):
     value = bound_value(bound, measure_or_skip, lambda c: bench.workload(expectations, bound.workload, c))
@@ -49,7 +49,7 @@ def project(pytester: pytest.Pytester, entries: str, tests: str = TESTS) -> None
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     results = pytester.path / "results"
-    return pytester.runpytest_subprocess("-p", "servingbench.plugin", "-p", "no:cacheprovider",
+    return pytester.runpytest_subprocess("-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider",
                                          "--expectations", "expected.toml", "--profile", "test-hw",
                                          "--results-dir", str(results), "-rs", "-v", *args, timeout=600)
 
@@ -79,7 +79,7 @@ def test_one_test_per_bound_failure_names_value_bound_and_location(pytester: pyt
     assert {m["config_name"] for m in summary["measurements"]} == {"hf", "hf-b2"}
     assert len(list((pytester.path / "results" / "measurements").glob("*.json"))) == 2
     # --replay: the same assertions from the saved measurements, on the recorded run's hardware, no server started
-    replayed = pytester.runpytest_subprocess("-p", "servingbench.plugin", "-p", "no:cacheprovider", "--expectations",
+    replayed = pytester.runpytest_subprocess("-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider", "--expectations",
                                              "expected.toml", "--replay", str(pytester.path / "results"),
                                              "--results-dir", str(pytester.path / "replayed"), "-v", timeout=120)
     replayed.assert_outcomes(passed=3, failed=1)
@@ -91,7 +91,7 @@ def test_servers_run_one_at_a_time_in_config_order(pytester: pytest.Pytester) ->
     """Tests interleaved by config in the file run grouped; a server is stopped before the next one starts."""
     tests = '''
 import pytest
-from servingbench.server import ServerProcess
+from servingbench.servers.process import ServerProcess
 
 @pytest.mark.parametrize("config_name", ["hf", "hf-b2", "hf", "hf-b2"])
 def test_measure(config_name, bench, expectations):
@@ -151,7 +151,7 @@ def test_bad_table_and_bad_model_are_usage_errors(pytester: pytest.Pytester) -> 
 
 
 def test_bound_violation_messages() -> None:
-    from servingbench.thresholds import Bound
+    from servingbench.suite.thresholds import Bound
 
     b = Bound("H100-80GB", "llama-2-7b", "vllm", "median_ttft_ms", None, 200.0, "lab", "lab", "perf/x.toml:12")
     assert b.violation(150.0) is None

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from servingbench import profiles
-from servingbench.profiles import ModelProfile, ProfileError, builtin_profiles, materialize
+from servingbench.suite import models as profiles
+from servingbench.suite.models import ModelProfile, ProfileError, builtin_profiles, materialize
 
 TINY = ModelProfile(name="tiny", kind="generated", dtype="float32", max_model_len=64, seed=7, config={
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128, "hidden_size": 32,

@@ -22,14 +22,17 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from servingbench import server as server_mod
-from servingbench.configs import RunProfile, Workload
-from servingbench.datasets import random_token_prompts
-from servingbench.hardware import detect
-from servingbench.load import LoadShape, run_load
-from servingbench.profiles import get_profile
-from servingbench.server import HFConfig, ServerConfig, ServerProcess, ServerStartError, VLLMConfig
-from servingbench.session import BenchSession
+from servingbench.servers import process as server_mod
+from servingbench.suite.run_settings import RunProfile
+from servingbench.load.workload import Workload
+from servingbench.load.datasets import random_token_prompts
+from servingbench.measure.environment import detect
+from servingbench.load.generator import LoadShape, run_load
+from servingbench.suite.models import get_profile
+from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
+from servingbench.servers.vllm import VLLMConfig
+from servingbench.suite.session import BenchSession
 
 pytestmark = pytest.mark.timeout(300)
 

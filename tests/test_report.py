@@ -20,12 +20,12 @@ from typing import Any
 import matplotlib.image
 import pytest
 
-from servingbench import efficiency as eff
-from servingbench.profiles import get_profile
-from servingbench.recommend import SLOLimits, block_size_advice, kv_quant_advice, recommend_concurrency
-from servingbench.report import write_report
-from servingbench.studies import block_size_findings, kv_dtype_findings, offline_findings, prefix_findings
-from servingbench.tensor_parallel import tp_findings
+from servingbench.suite import efficiency as eff
+from servingbench.suite.models import get_profile
+from servingbench.report.recommend import SLOLimits, block_size_advice, kv_quant_advice, recommend_concurrency
+from servingbench.report.write import write_report
+from servingbench.studies.common import block_size_findings, kv_dtype_findings, offline_findings, prefix_findings
+from servingbench.studies.tensor_parallel import tp_findings
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = ROOT / "results" / "gpu-h100-lease1"
@@ -244,7 +244,7 @@ batch_efficiency = { max = 100 }
 """
 
 TESTS = '''
-from servingbench.thresholds import bound_value
+from servingbench.suite.thresholds import bound_value
 
 def test_expectation(bound, bench, expectations, measure_or_skip):
     value = bound_value(bound, measure_or_skip, lambda c: bench.workload(expectations, bound.workload, c))
@@ -274,7 +274,7 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "expected.toml").write_text(TABLE)
     (d / "test_perf.py").write_text(TESTS)
     (d / "pytest.ini").write_text("[pytest]\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "servingbench.plugin", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider",
                            "--expectations", "expected.toml", "--profile", "test-hw", "--results-dir",
                            str(d / "results"), "--report", "-v", "test_perf.py"],
                           cwd=d, capture_output=True, text=True, timeout=600)
@@ -400,7 +400,7 @@ def test_recommendations_follow_the_data(session_dir: Path, tmp_path: Path) -> N
         assert got != chosen and got in levels
 
 
-# ---- study sections: files in the studies' own shape (rows + findings from servingbench.studies) --------------
+# ---- study sections: files in the studies' own shape (rows + findings from servingbench.studies.common) --------------
 
 def study(name: str, rows: list[dict[str, Any]], findings: dict[str, Any]) -> dict[str, Any]:
     return {"schema": "servingbench.study/1", "study": name, "hardware": {"profile": "test-hw", "cpu": "test cpu",

@@ -21,9 +21,11 @@ import psutil
 import pytest
 
 from servingbench.cli import build_parser
-from servingbench.datasets import random_token_prompts
-from servingbench.load import LoadShape, run_load
-from servingbench.server import LOCALHOST, HFConfig, ServerProcess, VLLMConfig
+from servingbench.load.datasets import random_token_prompts
+from servingbench.load.generator import LoadShape, run_load
+from servingbench.servers.process import LOCALHOST, ServerProcess
+from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.vllm import VLLMConfig
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -85,7 +87,7 @@ def test_hf_api_key_through_run_load(model_dir: str, tmp_path: Path) -> None:
 INNER_TEST = textwrap.dedent('''
     import json, urllib.error, urllib.request
     import pytest
-    from servingbench.configs import Workload
+    from servingbench.load.workload import Workload
 
     def test_small_measurement_with_a_key(bench):
         server = bench.pool.get(bench.config("hf"))

@@ -43,16 +43,17 @@ import numpy as np
 import psutil
 import pytest
 
-from servingbench import telemetry
-from servingbench.configs import RunProfile, Workload
-from servingbench.datasets import random_token_prompts
-from servingbench.hardware import detect
-from servingbench.load import LoadShape, run_load
-from servingbench.profiles import get_profile
-from servingbench.records import RequestRecord
-from servingbench.server import LOCALHOST, ServerProcess
-from servingbench.session import BenchSession
-from servingbench.summary import write_summary
+from servingbench.measure import telemetry
+from servingbench.suite.run_settings import RunProfile
+from servingbench.load.workload import Workload
+from servingbench.load.datasets import random_token_prompts
+from servingbench.measure.environment import detect
+from servingbench.load.generator import LoadShape, run_load
+from servingbench.suite.models import get_profile
+from servingbench.measure.records import RequestRecord
+from servingbench.servers.process import LOCALHOST, ServerProcess
+from servingbench.suite.session import BenchSession
+from servingbench.report.summary import write_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 

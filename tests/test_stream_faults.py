@@ -24,11 +24,11 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from servingbench.datasets import RequestSpec
-from servingbench.load import LoadShape, OpenAIClient, run_load
-from servingbench.metrics import compute_metrics
-from servingbench.records import RequestRecord
-from servingbench.results import atomic_write_json
+from servingbench.load.datasets import RequestSpec
+from servingbench.load.generator import LoadShape, OpenAIClient, run_load
+from servingbench.measure.metrics import compute_metrics
+from servingbench.measure.records import RequestRecord
+from servingbench.measure.files import atomic_write_json
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -267,7 +267,7 @@ OLD = {"schema": "old", "completed": 100, "records": list(range(50))}
 
 WRITER = """
 import os, sys, time
-from servingbench import results
+from servingbench.measure import measurement as results
 path, ready = sys.argv[1], sys.argv[2]
 real_fsync = os.fsync
 def fsync_then_hang(fd):

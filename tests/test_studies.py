@@ -8,20 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from servingbench import tensor_parallel as tp
-from servingbench.configs import RunProfile
-from servingbench.datasets import expected_prefix_hit_rate
-from servingbench.hardware import Hardware
-from servingbench.kv_accuracy import ScoredPrompt, compare, parse_choice
-from servingbench.kvcache import (BackendFacts, KVCapacity, KVConfigError, engine_refusal, kv_capacity,
-                                  kv_element_bytes, parse_kv_dtype_choices, resolve_kv_cache_dtype,
-                                  start_failure_log)
-from servingbench.offline import OfflineResult, OfflineSpec, offline_env
-from servingbench.profiles import get_profile
-from servingbench.studies import (SCHEMA, PrefixCounters, StudyConfigError, SweepPoint, find_knee, kv_saving,
-                                  load_study_params, prefix_counters, prefix_findings, record_rows, start_refusal,
-                                  sweep_findings)
-from servingbench.telemetry import parse_prometheus
+from servingbench.studies import tensor_parallel as tp
+from servingbench.suite.run_settings import RunProfile
+from servingbench.load.datasets import expected_prefix_hit_rate
+from servingbench.measure.environment import Hardware
+from servingbench.studies.kv_accuracy import ScoredPrompt, compare, parse_choice
+from servingbench.studies.kv_cache import (BackendFacts, KVCapacity, KVConfigError, kv_capacity, kv_element_bytes, parse_kv_dtype_choices, resolve_kv_cache_dtype)
+from servingbench.servers.logs import engine_refusal, start_failure_log
+from servingbench.studies.offline import OfflineResult, OfflineSpec, offline_env
+from servingbench.suite.models import get_profile
+from servingbench.studies.common import (SCHEMA, StudyConfigError, SweepPoint, find_knee, kv_saving, load_study_params, prefix_findings, record_rows, sweep_findings)
+from servingbench.servers.vllm import PrefixCounters, prefix_counters
+from servingbench.servers.logs import start_refusal
+from servingbench.measure.telemetry import parse_prometheus
 
 STUDIES_TOML = Path(__file__).resolve().parents[1] / "perf" / "studies.toml"
 GIB = 1024**3
@@ -402,8 +401,8 @@ H100_FP8_LOG = """\
 
 
 def test_h100_start_failures_are_refusals_in_the_engines_words(tmp_path) -> None:
-    from servingbench.kvcache import engine_refusal
-    from servingbench.studies import start_refusal
+    from servingbench.servers.logs import engine_refusal
+    from servingbench.servers.logs import start_refusal
 
     assert engine_refusal(H100_BLOCK8_LOG).startswith("ValueError: No valid attention backend found for cuda")
     assert engine_refusal(H100_FP8_LOG).startswith("RuntimeError: For FP16/BF16 input, output must have the same")
@@ -415,7 +414,8 @@ def test_h100_start_failures_are_refusals_in_the_engines_words(tmp_path) -> None
 
 
 def test_server_cause_skips_prefixed_traceback_source_lines(tmp_path) -> None:
-    from servingbench.server import ServerProcess, VLLMConfig
+    from servingbench.servers.process import ServerProcess
+    from servingbench.servers.vllm import VLLMConfig
 
     server = ServerProcess(VLLMConfig(model="m"), tmp_path)
     server.log_path.write_text(H100_BLOCK8_LOG)

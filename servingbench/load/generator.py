@@ -1,0 +1,230 @@
+"""Asyncio load generator for any OpenAI-compatible endpoint.
+
+Closed loop (a cap on requests in flight) and open loop (arrivals at a rate, Poisson or gamma-bursty) share one
+scheduler: every request gets an arrival time; when a concurrency cap is set it waits for a slot, and that wait
+is recorded as client queue time, never as latency. The start time is taken right before the request is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import aiohttp
+import numpy as np
+
+from servingbench.load import sse
+from servingbench.load.datasets import RequestSpec, random_token_prompts
+from servingbench.measure.metrics import SLO, BenchmarkMetrics, compute_metrics
+from servingbench.measure.records import RequestRecord
+
+# How often the event loop's lateness is sampled. Each sample is a wakeup that costs the client CPU (about
+# 150 us on the shared 2-core box: at 5 ms that was 3% of a core, half the client's CPU at 280 chunks/s);
+# 20 ms still gives 50 samples a second, and a saturated loop is late by hundreds of ms.
+LOOP_LAG_INTERVAL_S = 0.02
+# p90 lateness of the loop's timer above which a run is flagged "client saturated". A saturated loop is late at
+# almost every sample (one sample per long pass over the streams): p90 43-51 ms at concurrency 10 and 350-800 ms
+# at 64 against a peer streaming flat out. A healthy client is late only in spikes when the box is crowded: p90
+# 1-8 ms (p99 up to 40 ms, one spike run 103 ms) against vLLM and a paced peer on the shared 2-core box. So the
+# bound is on p90, between the two (perf/test_fidelity.py, tests/test_fidelity_units.py).
+LOOP_LAG_WARN_MS = 20.0
+# Share of the run the loop's thread was on the CPU, only to name the cause in the warning: above it the client's
+# own work (saturated clients measured 41-98%, lower on a crowded box), below it other processes or a
+# blocking call held the loop up (a loop blocked by a sleeping call measured a few percent).
+CLIENT_BUSY_FRACTION = 0.4
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    concurrency: int | None = None  # closed loop: most requests in flight (None: no cap)
+    request_rate: float = math.inf  # open loop: mean arrivals per second (inf: all at once)
+    burstiness: float = 1.0  # gamma shape of inter-arrival times; 1.0 is Poisson
+    warmup_requests: int = 0  # sent first, not recorded
+    timeout_s: float = 600.0  # per request, connect to last byte
+    endpoint: str = "completions"  # or "chat"
+    ignore_eos: bool = True  # exact output lengths
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1 or None, got {self.concurrency}")
+        if not self.request_rate > 0:
+            raise ValueError(f"request_rate must be > 0 (use inf for all at once), got {self.request_rate}")
+        if self.endpoint not in ("completions", "chat"):
+            raise ValueError(f"endpoint must be 'completions' or 'chat', got {self.endpoint!r}")
+        if self.timeout_s <= 0 or self.burstiness <= 0:
+            raise ValueError("timeout_s and burstiness must be > 0")
+
+
+@dataclass
+class LoadResult:
+    records: list[RequestRecord]
+    duration: float  # first send to last completion, seconds
+    shape: LoadShape
+    started_at: float  # wall-clock (time.time) at the start of the measured part
+    loop_lag_ms_max: float = 0.0
+    loop_lag_ms_p99: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    loop_lag_ms_p90: float = 0.0
+    client_cpu_fraction: float = 0.0  # CPU time of the event loop's thread / duration
+
+    def metrics(self, slo: SLO | None = None) -> BenchmarkMetrics:
+        return compute_metrics(self.records, self.duration, slo)
+
+    @property
+    def client_saturated(self) -> bool:
+        """The client's event loop ran late most of the time: its timestamps are late and it set the pace."""
+        return self.loop_lag_ms_p90 > LOOP_LAG_WARN_MS
+
+
+def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """Arrival times (seconds from start) with gamma inter-arrival gaps of mean 1/rate."""
+    if math.isinf(rate):
+        return [0.0] * n
+    rng = np.random.default_rng(seed)
+    gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
+    gaps[0] = 0.0
+    return np.cumsum(gaps).tolist()
+
+
+class OpenAIClient:
+    """Sends one streaming request and fills a RequestRecord. One aiohttp session for the whole run."""
+
+    def __init__(self, base_url: str, model: str, shape: LoadShape, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.shape = shape
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "OpenAIClient":
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                              read_bufsize=1 << 16)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def payload(self, spec: RequestSpec) -> tuple[str, dict[str, Any]]:
+        common: dict[str, Any] = {
+            "model": self.model, "max_tokens": spec.max_tokens, "temperature": self.shape.temperature,
+            "stream": True, "stream_options": {"include_usage": True},
+        }
+        if self.shape.ignore_eos:
+            common["ignore_eos"] = True
+        if self.shape.endpoint == "chat":
+            text = spec.prompt if isinstance(spec.prompt, str) else " ".join(map(str, spec.prompt))
+            return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
+        return "/v1/completions", {**common, "prompt": spec.prompt}
+
+    async def send(self, spec: RequestSpec, record: RequestRecord) -> None:
+        assert self._session is not None, "use OpenAIClient as an async context manager"
+        path, body = self.payload(spec)
+        timeout = aiohttp.ClientTimeout(total=self.shape.timeout_s)
+        record.start = time.perf_counter()
+        try:
+            async with self._session.post(self.base_url + path, json=body, headers=self.headers,
+                                          timeout=timeout) as resp:
+                record.status = resp.status
+                if resp.status != 200:
+                    text = (await resp.text())[:300]
+                    record.error = f"HTTP {resp.status}: {text}"
+                    return
+                await sse.read_stream(resp.content, record, chat=self.shape.endpoint == "chat")
+        except asyncio.TimeoutError:
+            record.error = f"timeout: no complete response within {self.shape.timeout_s:g} s"
+        except asyncio.CancelledError:
+            record.error = "cancelled: the run was stopped while this request was in flight"
+            raise
+        except aiohttp.ClientError as e:
+            record.error = f"connection: {type(e).__name__}: {e}"
+        except Exception as e:  # a protocol surprise must become a counted failure, never a crash of the run
+            record.error = f"client: {type(e).__name__}: {e}"
+
+
+async def _watch_loop_lag(samples: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+        samples.append((time.perf_counter() - t0 - LOOP_LAG_INTERVAL_S) * 1000.0)
+
+
+async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shape: LoadShape = LoadShape(),
+                   api_key: str | None = None, progress: bool = False,
+                   warmup_specs: Sequence[RequestSpec] = ()) -> LoadResult:
+    """Send ``specs`` with the given shape; failures are recorded in the records, never raised."""
+    async with OpenAIClient(base_url, model, shape, api_key) as client:
+        if warmup_specs:
+            await asyncio.gather(*(client.send(s, RequestRecord(f"warmup-{i}", s.prompt_len, s.max_tokens))
+                                   for i, s in enumerate(warmup_specs)))
+        records = [RequestRecord(f"req-{i}", s.prompt_len, s.max_tokens) for i, s in enumerate(specs)]
+        slots = asyncio.Semaphore(shape.concurrency) if shape.concurrency else None
+        offsets = arrival_offsets(len(specs), shape.request_rate, shape.burstiness, shape.seed)
+        bar = _progress_bar(len(specs)) if progress else None
+        lag: list[float] = []
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(_watch_loop_lag(lag, stop))
+        t0 = time.perf_counter()
+        wall0 = time.time()
+        cpu0 = time.thread_time()  # this coroutine runs on the loop's thread: all the client's work is counted
+
+        async def one(spec: RequestSpec, record: RequestRecord, offset: float) -> None:
+            delay = t0 + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            record.queued_at = time.perf_counter()
+            if slots is None:
+                await client.send(spec, record)
+            else:
+                async with slots:
+                    await client.send(spec, record)
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            await asyncio.gather(*(one(s, r, o) for s, r, o in zip(specs, records, offsets)))
+        finally:
+            duration = time.perf_counter() - t0
+            cpu = time.thread_time() - cpu0
+            stop.set()
+            await watcher
+            if bar is not None:
+                bar.close()
+    result = LoadResult(records, duration, shape, wall0,
+                        loop_lag_ms_max=max(lag, default=0.0),
+                        loop_lag_ms_p99=float(np.percentile(lag, 99)) if lag else 0.0,
+                        loop_lag_ms_p90=float(np.percentile(lag, 90)) if lag else 0.0,
+                        client_cpu_fraction=cpu / duration if duration > 0 else 0.0)
+    if result.client_saturated:
+        cause = ("its own work set the pace" if result.client_cpu_fraction >= CLIENT_BUSY_FRACTION
+                 else "other processes or a blocking call held it up")
+        result.warnings.append(
+            f"client saturated: event-loop lag p90 {result.loop_lag_ms_p90:.1f} ms > {LOOP_LAG_WARN_MS:g} ms, its loop "
+            f"on the CPU {result.client_cpu_fraction:.0%} of the run ({cause}); these figures measure the load "
+            "generator, not the server")
+    return result
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="requests", file=sys.stderr, leave=False, mininterval=1.0)
+
+
+def load_test(num_requests: int, concurrency: int, prompt_length: int, output_length: int, *,
+              base_url: str, model: str, vocab_size: int, seed: int = 0, api_key: str | None = None,
+              progress: bool = False, slo: SLO | None = None) -> BenchmarkMetrics:
+    """The lab's shape: closed-loop load of random prompts, returning the run's metrics."""
+    specs = random_token_prompts(num_requests, prompt_length, output_length, vocab_size, seed)
+    shape = LoadShape(concurrency=concurrency, seed=seed)
+    result = asyncio.run(run_load(base_url, model, specs, shape, api_key=api_key, progress=progress))
+    return result.metrics(slo)

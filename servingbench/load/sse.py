@@ -1,0 +1,115 @@
+"""Reading an OpenAI streaming response (server-sent events) into a RequestRecord.
+
+Only chunks that carry content count as tokens arriving: a chat stream's role-only first chunk does not start
+TTFT, and the trailing usage chunk (``choices: []``) does not extend E2EL; it only gives ``completion_tokens``.
+A stream that ends without ``[DONE]`` or carries a line that is not JSON is a failure with a reason.
+
+The body is read in blocks (whatever the socket delivered, ``iter_any``), not line by line: aiohttp's
+``readline`` costs two awaits and its flow-control bookkeeping per line. Against a peer that streams flat out
+that was 8-10 us of CPU per chunk, in blocks 4-6 us, vLLM's own benchmark client 5.5-6.7 us
+(perf/test_fidelity.py). Every chunk in a block is stamped with the block's arrival time: the bytes arrived
+together, and parsing the earlier ones must not delay the later ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterable
+
+from servingbench.measure.records import RequestRecord
+
+MAX_LINE_BYTES = 256 * 1024  # a longer line is a broken server: refused, not buffered without end
+_decode_json = json.JSONDecoder().decode  # json.loads without its per-call keyword checks
+
+
+class StreamError(Exception):
+    pass
+
+
+class LineTooLong(Exception):
+    """An event line over ``MAX_LINE_BYTES`` (a client-side limit, like aiohttp's own ``LineTooLong``)."""
+
+
+def chunk_content(data: dict[str, Any], chat: bool) -> str:
+    """The text a chunk adds, '' for role-only, finish-only and usage-only chunks."""
+    choices = data.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    if chat:
+        delta = choice.get("delta") or {}
+        return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+    return choice.get("text") or ""
+
+
+def _blocks(stream: Any) -> AsyncIterable[bytes]:
+    """An aiohttp ``StreamReader`` is read in blocks; any other async iterable of bytes is taken as it comes."""
+    iter_any = getattr(stream, "iter_any", None)
+    return iter_any() if callable(iter_any) else stream
+
+
+def split_lines(rest: bytes, block: bytes) -> tuple[list[str], bytes]:
+    """The complete lines of ``rest + block``, decoded, and the incomplete tail left for the next block.
+
+    Decoding once per block is safe: a line never ends inside a UTF-8 sequence. Undecodable bytes become U+FFFD
+    (as before) and fail as malformed JSON where they matter."""
+    if rest:
+        block = rest + block
+    end = block.rfind(b"\n")
+    if end < 0:
+        if len(block) > MAX_LINE_BYTES:
+            raise LineTooLong(f"a line of over {MAX_LINE_BYTES} bytes without a newline")
+        return [], block
+    return block[:end].decode("utf-8", "replace").split("\n"), block[end + 1:]
+
+
+async def read_stream(stream: Any, record: RequestRecord, chat: bool) -> None:
+    """Fill ``record`` from the stream; sets ``record.error`` on a malformed or truncated stream."""
+    done = False
+    parts: list[str] = []
+    times = record.chunk_times
+    rest = b""
+    eof = False
+    blocks = _blocks(stream).__aiter__()
+    try:
+        while not (done or eof):  # no async generator in between: this runs once per read of every stream
+            try:
+                block = await blocks.__anext__()
+                now = time.perf_counter()  # the block's arrival: every chunk in it arrived together
+                lines, rest = split_lines(rest, block)
+            except StopAsyncIteration:  # a last line without a newline still counts (and fails if cut short)
+                now, eof = time.perf_counter(), True
+                lines, rest = ([rest.decode("utf-8", "replace")] if rest else []), b""
+            for raw in lines:  # once per chunk of every stream
+                if len(raw) > MAX_LINE_BYTES:
+                    raise LineTooLong(f"a line of {len(raw)} characters, over {MAX_LINE_BYTES}")
+                line = raw.strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                try:
+                    data = _decode_json(payload)
+                except json.JSONDecodeError:
+                    raise StreamError(f"malformed event: {payload[:120]!r}") from None
+                if not isinstance(data, dict):
+                    raise StreamError(f"malformed event: not an object: {payload[:120]!r}")
+                if "error" in data:
+                    raise StreamError(f"server error in stream: {str(data['error'])[:200]}")
+                text = chunk_content(data, chat)
+                if text:
+                    times.append(now)
+                    parts.append(text)
+                usage = data.get("usage")
+                if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                    record.output_tokens = int(usage["completion_tokens"])
+    except StreamError as e:
+        record.error = f"stream: {e}"
+    record.generated_text = "".join(parts)
+    if record.error is None and not done:
+        record.error = "stream: truncated: the connection closed before [DONE]"
+    elif record.error is None and not record.chunk_times:
+        record.error = "stream: no content: the server sent no token"

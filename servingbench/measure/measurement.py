@@ -1,0 +1,121 @@
+"""Typed results of a measurement, written atomically as JSON in the run's results directory.
+
+One file per measurement: vLLM's saved-result fields (``completed``, ``output_throughput``, ``median_ttft_ms``,
+...) at the top level, then the config, workload, telemetry, environment and every request record, so a report
+or a later comparison can recompute anything from raw observations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servingbench.measure.files import atomic_write_json
+from servingbench.measure.metrics import BenchmarkMetrics
+from servingbench.measure.records import RequestRecord
+from servingbench.measure.telemetry import TelemetrySummary
+
+SCHEMA = "servingbench.measurement/1"
+
+
+@dataclass
+class Measurement:
+    """One load run against one server config: what the assertions, baselines and report read."""
+
+    key: str
+    engine: str
+    config_name: str
+    config: dict[str, Any]
+    workload: dict[str, Any]
+    metrics: BenchmarkMetrics
+    telemetry: TelemetrySummary
+    records: list[RequestRecord]
+    started_at: float
+    server_startup_s: float | None = None
+    server_url: str = ""
+    memory_total_gib: float = 0.0  # host RAM, for CPU memory utilization
+    kv_cache: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    loop_lag_ms_p99: float = 0.0
+
+    def value(self, name: str) -> float:
+        """A flat figure by name: any vLLM-style metric field, or a telemetry-derived one."""
+        flat = self.metrics.to_vllm_json()
+        if name in flat and isinstance(flat[name], (int, float)):
+            return float(flat[name])
+        t = self.telemetry
+        derived = {
+            "memory_utilization": (max(t.gpu_memory_utilization_peak) if t.gpu_memory_utilization_peak
+                                   else (t.rss_peak_gib / self.memory_total_gib if self.memory_total_gib else 0.0)),
+            "gpu_memory_used_gib": max(t.gpu_memory_used_peak_gib, default=0.0),
+            "gpu_utilization": max(t.gpu_utilization_mean, default=0.0),
+            "rss_peak_gib": t.rss_peak_gib,
+            "seconds_per_output_token": 1.0 / flat["output_throughput"] if flat["output_throughput"] else float("inf"),
+            "failure_rate": flat["failed"] / max(1, flat["completed"] + flat["failed"]),
+        }
+        if name in derived:
+            return float(derived[name])
+        raise KeyError(f"unknown metric {name!r}; known: {sorted(k for k, v in flat.items() if isinstance(v, (int, float)))}"
+                       f" and {sorted(derived)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            **self.metrics.to_vllm_json(),
+            "key": self.key, "engine": self.engine, "config_name": self.config_name, "config": self.config,
+            "workload": self.workload, "telemetry": self.telemetry.to_dict(), "started_at": self.started_at,
+            "server_startup_s": self.server_startup_s, "server_url": self.server_url,
+            "memory_total_gib": self.memory_total_gib, "kv_cache": self.kv_cache, "warnings": self.warnings,
+            "environment": self.environment, "loop_lag_ms_p99": self.loop_lag_ms_p99,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    def save(self, results_dir: Path | str) -> Path:
+        path = Path(results_dir) / "measurements" / f"{self.key}.json"
+        atomic_write_json(path, self.to_dict())
+        return path
+
+
+def measurement_from_dict(d: dict[str, Any]) -> Measurement:
+    """A saved measurement back as a ``Measurement``; its metrics are recomputed from its raw records."""
+    from servingbench.measure.metrics import compute_metrics
+
+    records = [RequestRecord.from_dict(r) for r in d["records"]]
+    return Measurement(
+        key=d["key"], engine=d["engine"], config_name=d["config_name"], config=d["config"], workload=d["workload"],
+        metrics=compute_metrics(records, d["duration"]), telemetry=TelemetrySummary(**d["telemetry"]),
+        records=records, started_at=d["started_at"], server_startup_s=d.get("server_startup_s"),
+        server_url=d.get("server_url", ""), memory_total_gib=d.get("memory_total_gib", 0.0),
+        kv_cache=d.get("kv_cache", {}), warnings=d.get("warnings", []), environment=d.get("environment", {}),
+        loop_lag_ms_p99=d.get("loop_lag_ms_p99", 0.0))
+
+
+def find_measurement_files(results_dir: Path | str) -> list[Path]:
+    """Measurement JSON files under a results directory (``measurements/`` or anywhere below)."""
+    return sorted(p for p in Path(results_dir).rglob("*.json") if _is_measurement(p))
+
+
+def _is_measurement(path: Path) -> bool:
+    try:
+        with open(path) as fh:
+            return '"schema": "servingbench.measurement/1"' in fh.read(200)
+    except OSError:
+        return False
+
+
+def replay_environment(results_dir: Path | str) -> dict[str, Any]:
+    """The environment (hardware, model, GPUs, versions) of the run that wrote ``results_dir``."""
+    files = find_measurement_files(results_dir)
+    if not files:
+        raise ValueError(f"no servingbench measurement JSON under {results_dir}")
+    return load_measurement(files[0]).get("environment", {})
+
+
+def load_measurement(path: Path | str) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a servingbench measurement (schema {data.get('schema')!r})")
+    return data

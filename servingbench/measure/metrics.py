@@ -1,0 +1,138 @@
+"""Serving metrics from request records, with vLLM's ``vllm bench serve`` definitions and field names.
+
+Definitions (see README, "Metric definitions"): TTFT is the first content chunk minus the send time; ITL the
+gaps between content chunks, pooled over requests; E2EL the last content chunk minus the send time; TPOT per
+request (E2EL - TTFT) / (N - 1) for N > 1; output tokens come from ``usage.completion_tokens``; throughputs
+divide by the wall-clock duration of the run; goodput counts requests per second that met every SLO given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from servingbench.measure.records import RequestRecord
+
+PERCENTILES = (50, 90, 95, 99)
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Service-level objectives in milliseconds; None means no limit on that metric."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    def met_by(self, r: RequestRecord) -> bool:
+        checks = [(self.ttft_ms, r.ttft), (self.e2el_ms, r.e2el)]
+        tpot = r.tpot
+        checks.append((self.tpot_ms, tpot if tpot is not None else 0.0))
+        return all(limit is None or value * 1000.0 <= limit for limit, value in checks)
+
+
+@dataclass
+class Distribution:
+    """Summary of one latency metric in milliseconds."""
+
+    mean: float
+    median: float
+    std: float
+    min: float
+    max: float
+    percentiles: dict[int, float]
+    count: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "Distribution":
+        if len(seconds) == 0:
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0, {p: 0.0 for p in PERCENTILES}, 0)
+        ms = np.asarray(seconds, dtype=float) * 1000.0
+        return cls(float(ms.mean()), float(np.median(ms)), float(ms.std()), float(ms.min()), float(ms.max()),
+                   {p: float(np.percentile(ms, p)) for p in PERCENTILES}, int(ms.size))
+
+
+@dataclass
+class BenchmarkMetrics:
+    """One run's figures. ``to_vllm_json`` flattens them with vLLM's saved-result field names."""
+
+    duration: float
+    completed: int
+    failed: int
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    request_goodput: float | None
+    max_concurrent_requests: int
+    ttft: Distribution
+    tpot: Distribution
+    itl: Distribution
+    e2el: Distribution
+    queue_time: Distribution
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def to_vllm_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            k: v for k, v in asdict(self).items() if k not in LATENCY_METRICS + ("queue_time",)
+        }
+        for name in LATENCY_METRICS + ("queue_time",):
+            d: Distribution = getattr(self, name)
+            out[f"mean_{name}_ms"] = d.mean
+            out[f"median_{name}_ms"] = d.median
+            out[f"std_{name}_ms"] = d.std
+            for p, v in d.percentiles.items():
+                out[f"p{p}_{name}_ms"] = v
+        return out
+
+
+def max_in_flight(records: Iterable[RequestRecord]) -> int:
+    """Most requests open at once: sweep over (start, +1) and (end, -1) events."""
+    events: list[tuple[float, int]] = []
+    for r in records:
+        if r.start <= 0:
+            continue
+        end = r.chunk_times[-1] if r.chunk_times else r.start
+        events += [(r.start, 1), (end, -1)]
+    events.sort(key=lambda e: (e[0], e[1]))  # an end at the same instant closes before a start opens
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO | None = None) -> BenchmarkMetrics:
+    """Aggregate records of one run whose wall-clock length was ``duration`` seconds."""
+    ok = [r for r in records if r.success]
+    failed = [r for r in records if not r.success]
+    errors: dict[str, int] = {}
+    for r in failed:
+        key = (r.error or "no content received").split(":")[0][:80]
+        errors[key] = errors.get(key, 0) + 1
+    out_tokens = [r.output_tokens if r.output_tokens is not None else len(r.chunk_times) for r in ok]
+    tpots = [t for t in (r.tpot for r in ok) if t is not None]
+    dur = duration if duration > 0 else float("nan")
+    goodput = None if slo is None else sum(slo.met_by(r) for r in ok) / dur
+    return BenchmarkMetrics(
+        duration=duration,
+        completed=len(ok),
+        failed=len(failed),
+        total_input_tokens=sum(r.prompt_len for r in ok),
+        total_output_tokens=sum(out_tokens),
+        request_throughput=len(ok) / dur,
+        output_throughput=sum(out_tokens) / dur,
+        total_token_throughput=(sum(out_tokens) + sum(r.prompt_len for r in ok)) / dur,
+        request_goodput=goodput,
+        max_concurrent_requests=max_in_flight(records),
+        ttft=Distribution.of([r.ttft for r in ok]),
+        tpot=Distribution.of(tpots),
+        itl=Distribution.of([g for r in ok for g in r.itls]),
+        e2el=Distribution.of([r.e2el for r in ok]),
+        queue_time=Distribution.of([r.queue_time for r in records if r.start > 0]),
+        errors=errors,
+    )

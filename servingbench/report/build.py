@@ -1,0 +1,336 @@
+"""The report's sections, assembled from a loaded run (``report.load_run``) into a ``report.Doc``.
+
+Order: summary, engine comparison, expected-performance table, efficiency against the hardware limit, throughput
+vs latency, recommendations, studies (``report_sections``), every measurement, hardware and software. Each section
+computes from the data; a section without data says "not measured in this run".
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from servingbench.suite import efficiency as eff
+from servingbench.report import figures
+from servingbench.report.recommend import (Recommendation, block_size_advice, goodput, kv_demand_tokens, kv_quant_advice, prefix_cache_advice, recommend_concurrency, recommend_config, times)
+from servingbench.report.doc import Doc, fmt
+from servingbench.report.write import ReportOptions, kv_limits
+from servingbench.report.data import Row, RunData, batch_efficiency, conc, flat_value, headlines, sweep_groups
+from servingbench.report.studies import study_sections
+
+# (key, label, format, better): better "high"/"low" gives an improvement factor, None gives none
+COMPARE = [
+    ("output_throughput", "output throughput (tok/s)", "{:.1f}", "high"),
+    ("request_throughput", "request throughput (req/s)", "{:.3f}", "high"),
+    ("median_ttft_ms", "TTFT p50 (ms)", "{:.1f}", "low"),
+    ("p99_ttft_ms", "TTFT p99 (ms)", "{:.1f}", "low"),
+    ("median_tpot_ms", "TPOT p50 (ms)", "{:.2f}", "low"),
+    ("p99_tpot_ms", "TPOT p99 (ms)", "{:.2f}", "low"),
+    ("median_itl_ms", "ITL p50 (ms)", "{:.2f}", "low"),
+    ("median_e2el_ms", "E2E latency p50 (ms)", "{:.0f}", "low"),
+    ("p90_e2el_ms", "E2E latency p90 (ms)", "{:.0f}", "low"),
+    ("p99_e2el_ms", "E2E latency p99 (ms)", "{:.0f}", "low"),
+    ("memory_gib", "peak memory (GiB; GPU, else server RSS)", "{:.2f}", None),
+    ("memory_utilization", "memory utilization (of GPU, else host RAM)", "{:.1%}", None),
+    ("gpu_utilization", "GPU utilization, mean (%)", "{:.0f}", None),
+    ("batch_efficiency", "batch efficiency: T(C) / (C x T(1))", "{:.3f}", "high"),
+    ("goodput", "goodput within the SLO (req/s)", "{:.3f}", "high"),
+    ("mbu", "MBU (memory bandwidth utilization)", "{:.1%}", "high"),
+    ("mfu", "MFU (decode FLOPs utilization)", "{:.2%}", "high"),
+]
+
+
+def label(m: Row) -> str:
+    w = m["workload"]
+    return f"{w['name']} c{w.get('concurrency') or 'inf'} n{w['num_requests']} {w['prompt_len']}/{w['output_len']}"
+
+
+def baseline_of(heads: dict[str, Row], wanted: str | None) -> str | None:
+    if wanted:
+        if wanted not in heads:
+            raise ValueError(f"baseline config {wanted!r} has no measurement (configs: {', '.join(heads) or 'none'})")
+        return wanted
+    if "hf" in heads:
+        return "hf"
+    return next((c for c, m in heads.items() if m["engine"] == "hf"), None) or (
+        min(heads, key=lambda c: heads[c]["output_throughput"]) if len(heads) > 1 else None)
+
+
+def headline_values(m: Row, ms: Sequence[Row], e: eff.Efficiency | str, slo: Any) -> dict[str, float | None]:
+    values = {k: flat_value(m, k) for k, *_ in COMPARE}
+    values["gpu_utilization"] = values["gpu_utilization"] if (m.get("telemetry") or {}).get("gpu_utilization_mean") \
+        else None
+    values["batch_efficiency"] = batch_efficiency(m, ms)
+    values["goodput"] = goodput(m, slo).request_goodput
+    values["mbu"] = e.mbu if isinstance(e, eff.Efficiency) else None
+    values["mfu"] = e.mfu if isinstance(e, eff.Efficiency) else None
+    return values
+
+
+def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str, Any]]:
+    doc, figs = Doc(), out / "figures"
+    ms = data.measurements
+    devices = eff.load_peak_table(opts.peaks)
+    effs: dict[str, eff.Efficiency | str] = {}
+    for m in ms:
+        try:
+            effs[m["key"]] = eff.measurement_efficiency(m, devices)
+        except eff.EfficiencyError as e:
+            effs[m["key"]] = str(e)
+    heads = headlines(ms, opts.workload)
+    base = baseline_of(heads, opts.baseline)
+    vals = {c: headline_values(m, ms, effs[m["key"]], opts.slo) for c, m in heads.items()}
+    groups = sweep_groups(ms, list(heads))
+    recs = recommendations(data, opts, heads, groups, effs)
+
+    doc.h(1, f"servingbench performance report: {data.hardware} / {data.model}")
+    doc.p(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {', '.join(data.sources)}: {len(ms)} measurements, "
+          f"studies: {', '.join(sorted(data.studies)) or 'none'}. SLO: {opts.slo.describe()}.")
+    doc.h(2, "Summary")
+    doc.ul(summary_lines(heads, base, vals, effs, recs))
+
+    doc.h(2, "Engines compared at the same load")
+    if len(heads) < 1:
+        doc.p("not measured in this run (no loaded measurement outside the studies)")
+    else:
+        others = [c for c in heads if c != base]
+        header = ["metric"] + [f"{c} ({label(heads[c])})" for c in heads] + (
+            [f"{c} vs {base} (x, >1 = better)" for c in others] if base else [])
+        rows = []
+        for key, name, spec, better in COMPARE:
+            row = [name] + [fmt(vals[c][key], spec) for c in heads]
+            for c in (others if base else []):
+                a, b = vals[c][key], vals[base][key]
+                ratio = None if better is None or not a or not b else (a / b if better == "high" else b / a)
+                row.append(times(ratio) if ratio else "n/a")
+            rows.append(row)
+        doc.table(header, rows)
+        doc.p("Batch efficiency divides throughput at the run's concurrency C by C x the same config's single-stream "
+              "throughput (n/a without a concurrency-1 run of the same lengths). Goodput counts requests per second "
+              "whose own TTFT and TPOT met the SLO, recomputed from the request records.")
+        items = [figures.ConfigBars(c, heads[c]["engine"], vals[c]) for c in heads]
+        doc.fig(figures.comparison(items, [("output_throughput", "output throughput", "tokens/s"),
+                                           ("p99_ttft_ms", "TTFT p99", "ms"),
+                                           ("median_tpot_ms", "TPOT p50", "ms per output token"),
+                                           ("memory_gib", "peak memory", "GiB")],
+                                   figs / "comparison.png", f"{data.hardware} / {data.model}: loaded runs"),
+                "Headline figures per config at the comparison load (log scale where they differ > 20x).")
+
+    doc.h(2, "Expected performance (pass/fail per bound)")
+    exp_rows, note = expectation_rows(opts.expectations, data)
+    doc.p(note)
+    if exp_rows:
+        doc.table(["config", "metric", "bound", "measured", "result", "threshold at"], exp_rows)
+
+    efficiency_section(doc, data, effs, figs)
+    sweep_section(doc, data, groups, opts, figs)
+    doc.h(2, "Recommendations")
+    for r in recs:
+        doc.h(3, r.topic.replace("_", " "))
+        doc.p(r.verdict)
+        if r.evidence:
+            doc.ul(r.evidence)
+    study_sections(doc, data, figs)
+    doc.h(2, "All measurements")
+    doc.table(["key", "engine", "ok/fail", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "E2EL p99 ms",
+               "MBU", "MFU"],
+              [[m["key"], m["engine"], f"{m['completed']}/{m['failed']}", fmt(m["output_throughput"]),
+                fmt(m["median_ttft_ms"]), fmt(m["p99_ttft_ms"]), fmt(m["median_tpot_ms"], "{:.2f}"),
+                fmt(m["p99_e2el_ms"], "{:.0f}"), fmt(getattr(effs[m["key"]], "mbu", None), "{:.1%}"),
+                fmt(getattr(effs[m["key"]], "mfu", None), "{:.2%}")] for m in ms])
+    environment_section(doc, data, effs)
+    if data.notes:
+        doc.h(2, "Notes")
+        doc.ul(data.notes)
+    machine = {"hardware": data.hardware, "model": data.model, "sources": data.sources,
+               "slo": {"ttft_p99_ms": opts.slo.ttft_p99_ms, "tpot_p99_ms": opts.slo.tpot_p99_ms},
+               "baseline": base, "headlines": {c: m["key"] for c, m in heads.items()}, "comparison": vals,
+               "recommendations": [r.to_dict() for r in recs],
+               "efficiency": {k: (e if isinstance(e, str) else {f: getattr(e, f) for f in (
+                   "batch", "context", "bytes_per_token", "achieved_gb_s", "mbu", "flops_per_token",
+                   "achieved_tflops", "mfu", "mfu_all_tokens")}) for k, e in effs.items()},
+               "figures": [p.name for p in doc.figures]}
+    return doc, machine
+
+
+def summary_lines(heads: dict[str, Row], base: str | None, vals: dict[str, dict[str, float | None]],
+                  effs: dict[str, Any], recs: Sequence[Recommendation]) -> list[str]:
+    lines = []
+    for c, m in heads.items():
+        if base and c != base and vals[base]["output_throughput"]:
+            f = vals[c]["output_throughput"] / vals[base]["output_throughput"]
+            lines.append(f"{c} delivers {times(f)} the output throughput of {base} ({vals[c]['output_throughput']:.1f} "
+                         f"vs {vals[base]['output_throughput']:.1f} tok/s) at {label(m)}")
+    for c, m in heads.items():
+        e = effs[m["key"]]
+        if isinstance(e, eff.Efficiency) and e.mbu is not None:
+            lines.append(f"{c} at {label(m)}: MBU {e.mbu:.1%} of {e.peaks.name}'s {e.peaks.memory_bandwidth_gb_s:g} "
+                         f"GB/s x {e.peaks.count}, MFU {fmt(e.mfu, '{:.2%}')} (decode batch {e.batch:.1f})")
+    lines += [f"{r.topic.replace('_', ' ')}: {r.verdict}" for r in recs if r.measured]
+    lines += [f"not measured in this run: {', '.join(r.topic.replace('_', ' ') for r in recs if not r.measured)}"] \
+        if any(not r.measured for r in recs) else []
+    return lines
+
+
+def recommendations(data: RunData, opts: ReportOptions, heads: dict[str, Row],
+                    groups: dict[tuple[str, str], list[Row]], effs: dict[str, Any]) -> list[Recommendation]:
+    recs = [recommend_config(list(heads.values()), opts.slo)]
+    for c in dict.fromkeys([*heads, *(k[0] for k in groups)]):
+        mine = [(k, v) for k, v in groups.items() if k[0] == c]
+        if mine:
+            _, pts = max(mine, key=lambda kv: (len(kv[1]), kv[0][1] == opts.workload))
+            recs.append(recommend_concurrency(c, pts, opts.slo, opts.noise))
+    vllm_head = next((m for m in heads.values() if m["engine"] == "vllm"), None)
+    recs.append(prefix_cache_advice(data.studies.get("prefix_cache"), vllm_head, opts.noise))
+    kv_study = data.studies.get("kv_cache_dtype")
+    cap = (vllm_head or {}).get("kv_cache", {}).get("capacity_tokens") or next(
+        (r.get("kv_capacity_tokens") for r in (kv_study or {}).get("rows", []) if r.get("key") == "auto"), None)
+    demand = [m for pts in groups.values() for m in pts if m["engine"] == "vllm"]
+    heaviest = max(demand, key=kv_demand_tokens, default=None)
+    e = effs.get(heaviest["key"]) if heaviest else None
+    share = e.batch * e.kv_bytes_per_sequence / (e.weight_bytes + e.batch * e.kv_bytes_per_sequence) \
+        if isinstance(e, eff.Efficiency) else None
+    recs.append(kv_quant_advice(kv_study, int(cap) if cap else None, demand, *kv_limits(opts.expectations),
+                                kv_byte_share=share))
+    recs.append(block_size_advice(data.studies.get("block_size"), opts.noise))
+    return recs
+
+
+def efficiency_section(doc: Doc, data: RunData, effs: dict[str, Any], figs: Path) -> None:
+    doc.h(2, "Efficiency against the physical limit (MBU, MFU)")
+    doc.p("A decode step reads every weight once for the whole batch plus each sequence's KV cache, so per output "
+          "token: bytes = W / B + KV(c), and MBU = output tok/s x bytes per token / peak memory bandwidth. "
+          "FLOPs per output token = 2 x streamed parameters + 4 x layers x heads x head_dim x c, and MFU = output "
+          "tok/s x FLOPs per token / peak FLOP/s of the model's dtype. W = (parameters - input embedding) x bytes "
+          "per weight; B = time-averaged sequences in decode (from the request records); c = prompt + output/2 "
+          "tokens of context; KV(c) = c x 2 x layers x kv_heads x head_dim x KV bytes. Throughput is over the "
+          "whole run, so prefill time counts against it: these are end-to-end figures. 'MFU all' adds the prompt "
+          "tokens' FLOPs, less those vLLM reports as prefix-cache hits. Peaks: servingbench/data/hardware_peaks.toml.")
+    rows, bars = [], []
+    peaks = {e.peaks.name: e.peaks for e in effs.values() if isinstance(e, eff.Efficiency) and e.peaks}
+    for m in data.measurements:
+        e = effs[m["key"]]
+        if isinstance(e, str):
+            rows.append([m["key"], fmt(m["output_throughput"])] + ["n/a"] * 9 + [e])
+            continue
+        rows.append([m["key"], fmt(m["output_throughput"]), fmt(e.batch, "{:.2f}"), fmt(e.context, "{:.0f}"),
+                     fmt(e.bytes_per_token / 1e9, "{:.4g}"), fmt(e.achieved_gb_s, "{:.1f}"), fmt(e.mbu, "{:.1%}"),
+                     fmt(e.flops_per_token / 1e9, "{:.4g}"), fmt(e.achieved_tflops, "{:.4g}"), fmt(e.mfu, "{:.2%}"),
+                     fmt(e.mfu_all_tokens, "{:.2%}"), "" if e.peaks else f"no peaks for {data.hardware}"])
+        if not str(m["workload"]["name"]).startswith("study-"):
+            bars.append((f"{m['config_name']} {m['workload']['name']} c{conc(m)}", m["config_name"], e.mbu, e.mfu))
+    if not rows:
+        doc.p("not measured in this run")
+        return
+    doc.ul([f"{p.name} (x{p.count}): {p.memory_bandwidth_gb_s:g} GB/s, "
+            + ", ".join(f"{k} {v:g} TFLOP/s" for k, v in p.peak_tflops.items()) + f"; source: {p.source}"
+            for p in peaks.values()] or [f"no peak figures for hardware {data.hardware}: add a [[device]] to "
+                                         "servingbench/data/hardware_peaks.toml (or pass --peaks)"])
+    doc.table(["measurement", "out tok/s", "batch B", "context c", "GB per token", "achieved GB/s", "MBU",
+               "GFLOP per token", "TFLOP/s", "MFU", "MFU all", "note"], rows)
+    if bars and any(b[2] is not None for b in bars):
+        doc.fig(figures.efficiency([b[0] for b in bars], [b[1] for b in bars], [b[2] for b in bars],
+                                   [b[3] for b in bars], figs / "efficiency.png",
+                                   f"{data.hardware} / {data.model}: distance to the hardware limit"),
+                "MBU and MFU per measurement (100% = the hardware's peak).")
+
+
+def sweep_section(doc: Doc, data: RunData, groups: dict[tuple[str, str], list[Row]], opts: ReportOptions,
+                  figs: Path) -> None:
+    doc.h(2, "Throughput vs latency")
+    curves = []
+    for (config, wname), pts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        engine = pts[0]["engine"]
+        name = f"{config} · {wname}" if config == engine else f"{config} ({engine}) · {wname}"
+        curves.append(figures.Curve(name, config, engine, [conc(m) for m in pts],
+                                    [m["output_throughput"] for m in pts], [m["median_tpot_ms"] for m in pts],
+                                    [m["p99_ttft_ms"] for m in pts]))
+    if not any(len(c.concurrency) > 1 for c in curves):
+        doc.p("not measured in this run (no config was measured at two or more concurrency levels)")
+        return
+    doc.fig(figures.throughput_latency(curves, figs / "throughput_latency.png",
+                                       opts.slo.ttft_p99_ms, opts.slo.tpot_p99_ms, f"{data.hardware} / {data.model}"),
+            "Output throughput against p50 TPOT and p99 TTFT, one line per config and workload, points labelled "
+            "with their concurrency; red: the SLO.")
+    rows = []
+    for (config, wname), pts in sorted(groups.items()):
+        for m in pts:
+            g = goodput(m, opts.slo)
+            rows.append([config, wname, str(conc(m)), str(m["workload"]["num_requests"]), fmt(m["output_throughput"]),
+                         fmt(m["median_ttft_ms"]), fmt(m["p99_ttft_ms"]), fmt(m["median_tpot_ms"], "{:.2f}"),
+                         fmt(m["p99_tpot_ms"], "{:.2f}"), fmt(m["p99_e2el_ms"], "{:.0f}"),
+                         fmt(g.request_goodput, "{:.3f}"), "yes" if g.run_meets else "no"])
+    doc.table(["config", "workload", "concurrency", "requests", "out tok/s", "TTFT p50 ms", "TTFT p99 ms",
+               "TPOT p50 ms", "TPOT p99 ms", "E2EL p99 ms", "goodput req/s", "p99s within SLO"], rows)
+    knee = ((data.studies.get("concurrency") or {}).get("findings") or {})
+    if knee:
+        k = knee.get("knee")
+        doc.p(f"Concurrency study: {knee.get('knee_definition', '')}. "
+              + (f"Knee at c={k['concurrency']} (vs c={k['previous']}: {k['metric']} +{k['latency_increase']:.0%}, "
+                 f"throughput +{k['throughput_increase']:.0%}); the study recommends c="
+                 f"{knee.get('recommended_concurrency')}." if k else
+                 f"No knee within the sweep; peak {fmt((knee.get('peak_throughput') or {}).get('output_throughput'))} "
+                 f"tok/s at c={(knee.get('peak_throughput') or {}).get('concurrency')}."))
+
+
+def environment_section(doc: Doc, data: RunData, effs: dict[str, Any]) -> None:
+    doc.h(2, "Hardware and software")
+    rows: list[list[str]] = [["hardware profile", data.hardware], ["model", data.model]]
+    seen: dict[str, set[str]] = {}
+    for m in data.measurements:
+        env = m.get("environment") or {}
+        for g in env.get("gpus") or []:
+            seen.setdefault("GPU", set()).add(f"{g.get('name')} ({g.get('memory_total_gib', 0):.1f} GiB, driver "
+                                              f"{g.get('driver')})")
+        for k, v in (env.get("versions") or {}).items():
+            seen.setdefault(k, set()).add("not recorded" if v is None else str(v))
+        if m.get("memory_total_gib"):
+            seen.setdefault("host RAM (GiB)", set()).add(f"{m['memory_total_gib']:.1f}")
+        seen.setdefault(f"{m['engine']} dtype", set()).add(str((m.get("config") or {}).get("dtype")))
+    for s in data.studies.values():
+        hw = s.get("hardware") or {}
+        if hw.get("cpu"):
+            seen.setdefault("CPU", set()).add(f"{hw['cpu']} ({hw.get('cores')} cores)")
+    rows += [[k, ", ".join(sorted(v))] for k, v in seen.items()]
+    peaks = {e.peaks.name for e in effs.values() if isinstance(e, eff.Efficiency) and e.peaks}
+    rows.append(["peak figures used", ", ".join(sorted(peaks)) or "none found"])
+    doc.table(["item", "value"], rows)
+
+
+def expectation_rows(table_path: Path | None, data: RunData) -> tuple[list[list[str]], str]:
+    """(rows, note): each bound of this hardware+model with the measured value and pass/fail."""
+    if table_path is None or not Path(table_path).is_file():
+        return [], "no expected-performance table found (pass --expectations PATH)"
+    from servingbench.suite.thresholds import load_table
+    from servingbench.load.workload import single_stream
+
+    table = load_table(table_path)
+    bounds = table.for_run(data.hardware, data.model)
+    if not bounds:
+        return [], (f"{table_path} has no entries for hardware {data.hardware} with model {data.model} "
+                    f"(it has: {', '.join(table.hardware_profiles()) or 'none'})")
+    by_key = {m["key"]: m for m in data.measurements}
+
+    def value(config: str, metric: str, workload_name: str) -> float | None:
+        w = table.workload(workload_name, data.gpu, table.configs[config].get("engine"))
+        loaded = by_key.get(f"{config}--{w.label}")
+        if metric == "batch_efficiency":
+            one = by_key.get(f"{config}--{single_stream(w).label}")
+            if not (loaded and one and one["output_throughput"]):
+                return None
+            return loaded["output_throughput"] / ((w.concurrency or w.num_requests) * one["output_throughput"])
+        return flat_value(loaded, metric) if loaded else None
+
+    rows = []
+    for b in bounds:
+        v = value(b.config, b.base_metric, b.workload)
+        if v is not None and b.ratio_over:
+            other = value(b.ratio_over, b.base_metric, b.workload)
+            v = v / other if other else None
+        verdict = "not measured" if v is None else ("pass" if b.violation(v) is None else "**FAIL**")
+        rows.append([b.config, b.metric, b.describe(), fmt(v, "{:.4g}"), verdict, b.location.split("/")[-1]])
+    return rows, f"bounds of {table_path} for {data.hardware} / {data.model}; sources: " + "; ".join(
+        sorted({b.source for b in bounds}))
+
+

@@ -1,0 +1,337 @@
+"""Recommendations computed from the measured data: which config, at which concurrency, and whether prefix
+caching, KV-cache quantization and a non-default block size pay off for this workload.
+
+Every verdict is a function of the numbers it cites, so a different run gives a different text; when the data a
+verdict needs is absent, it says "not measured in this run" rather than guessing. The SLO defaults are MLPerf
+Inference's Llama-2-70B server-scenario limits (TTFT p99 <= 2 s, TPOT p99 <= 200 ms); goodput is vLLM's definition
+(requests per second that met every limit), recomputed from each measurement's request records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from servingbench.measure.metrics import SLO, compute_metrics
+from servingbench.measure.records import RequestRecord
+
+MLPERF_SOURCE = "MLPerf Inference v4 Llama-2-70B server scenario limits"
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SLOLimits:
+    """Latency limits: a request meets them if its own TTFT and TPOT do; a run if its p99s do."""
+
+    ttft_p99_ms: float = 2000.0
+    tpot_p99_ms: float = 200.0
+    source: str = MLPERF_SOURCE
+
+    def request_slo(self) -> SLO:
+        return SLO(ttft_ms=self.ttft_p99_ms, tpot_ms=self.tpot_p99_ms)
+
+    def describe(self) -> str:
+        return f"TTFT p99 <= {self.ttft_p99_ms:g} ms and TPOT p99 <= {self.tpot_p99_ms:g} ms ({self.source})"
+
+    def run_violations(self, m: Row) -> list[str]:
+        """The run-level limits a measurement's p99s break, e.g. ["p99 TTFT 2503 ms > 2000 ms"]."""
+        out = []
+        for field_name, label, limit in (("p99_ttft_ms", "TTFT", self.ttft_p99_ms),
+                                         ("p99_tpot_ms", "TPOT", self.tpot_p99_ms)):
+            value = m.get(field_name)
+            if value is None or value > limit:
+                out.append(f"p99 {label} {num(value)} ms > {limit:g} ms" if value is not None
+                           else f"p99 {label} not measured")
+        return out
+
+
+@dataclass(frozen=True)
+class Goodput:
+    key: str
+    config: str
+    concurrency: int | None
+    request_goodput: float | None  # req/s meeting the SLO; None without records
+    good_share: float | None  # of completed requests
+    good_output_tokens_per_s: float | None
+    run_violations: tuple[str, ...]
+
+    @property
+    def run_meets(self) -> bool:
+        return not self.run_violations
+
+
+def goodput(m: Row, slo: SLOLimits) -> Goodput:
+    """Per-request goodput recomputed from the records (the saved ``request_goodput`` had no SLO)."""
+    records = [RequestRecord.from_dict(r) for r in m.get("records") or []]
+    rg = share = good_tps = None
+    if records and m.get("duration"):
+        metrics = compute_metrics(records, m["duration"], slo.request_slo())
+        good = [r for r in records if r.success and slo.request_slo().met_by(r)]
+        rg = metrics.request_goodput
+        share = len(good) / metrics.completed if metrics.completed else 0.0
+        good_tps = sum(r.output_tokens or len(r.chunk_times) for r in good) / m["duration"]
+    w = m.get("workload") or {}
+    return Goodput(m["key"], m["config_name"], w.get("concurrency"), rg, share, good_tps,
+                   tuple(slo.run_violations(m)))
+
+
+@dataclass
+class Recommendation:
+    """One verdict: ``choice`` is what it picks (a config, a level, True/False, or None), for machines and tests."""
+
+    topic: str
+    verdict: str
+    evidence: list[str] = field(default_factory=list)
+    choice: Any = None
+    measured: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "verdict": self.verdict, "evidence": self.evidence, "choice": self.choice,
+                "measured": self.measured}
+
+
+def not_measured(topic: str, what: str) -> Recommendation:
+    return Recommendation(topic, f"not measured in this run ({what})", choice=None, measured=False)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def num(x: float | None) -> str:
+    """A measured figure at a precision that reads: 79,546 / 130.5 / 7.6 / 0.00408."""
+    if x is None:
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
+def times(x: float | None) -> str:
+    """A ratio as a factor: 41.4x, 1,240x."""
+    return "n/a" if x is None else (f"{x:,.0f}x" if x >= 100 else f"{x:.3g}x")
+
+
+def recommend_config(headlines: Sequence[Row], slo: SLOLimits) -> Recommendation:
+    """The config with the highest goodput at the comparison load."""
+    topic = "config"
+    if not headlines:
+        return not_measured(topic, "no loaded measurement per config")
+    scored = [(goodput(m, slo), m) for m in headlines]
+    evidence = [f"{g.config} ({_load(m)}): goodput {num(g.request_goodput)} req/s, "
+                f"{_pct(g.good_share)} of requests within the SLO, {num(g.good_output_tokens_per_s)} "
+                f"good output tok/s; run p99 TTFT {num(m['p99_ttft_ms'])} ms, p99 TPOT {num(m['p99_tpot_ms'])} ms"
+                for g, m in scored]
+    shapes = {(m["workload"].get("prompt_len"), m["workload"].get("output_len")) for _, m in scored}
+    if len(shapes) > 1:
+        evidence.append(f"caution: the configs ran different prompt/output lengths {sorted(shapes)}")
+    ranked = sorted((x for x in scored if x[0].request_goodput is not None),
+                    key=lambda x: (x[0].request_goodput or 0.0, x[1]["output_throughput"]), reverse=True)
+    if not ranked:
+        return Recommendation(topic, "goodput not computable: the measurements carry no request records", evidence)
+    best, bm = ranked[0]
+    if not best.request_goodput:
+        return Recommendation(topic, f"no config served any request within {slo.describe()}", evidence, None)
+    verdict = (f"{best.config}: the highest goodput within the SLO, {num(best.request_goodput)} req/s "
+               f"({_pct(best.good_share)} of its requests within the limits) at {_load(bm)}")
+    if len(ranked) > 1:
+        second = ranked[1][0]
+        verdict += (f"; next is {second.config} with {num(second.request_goodput)} req/s"
+                    + (f" ({times(best.request_goodput / second.request_goodput)} less)" if second.request_goodput
+                       else ""))
+    return Recommendation(topic, verdict, evidence, best.config)
+
+
+def _load(m: Row) -> str:
+    w = m["workload"]
+    return f"{w.get('name')} c{w.get('concurrency')} n{w.get('num_requests')} {w.get('prompt_len')}/{w.get('output_len')}"
+
+
+def sweep_levels(points: Sequence[Row]) -> list[Row]:
+    """One measurement per concurrency level (the one with most requests), in ascending order."""
+    by: dict[int, Row] = {}
+    for m in points:
+        c = m["workload"].get("concurrency")
+        if c and (c not in by or m["workload"]["num_requests"] > by[c]["workload"]["num_requests"]):
+            by[c] = m
+    return [by[c] for c in sorted(by)]
+
+
+def recommend_concurrency(config: str, points: Sequence[Row], slo: SLOLimits, noise: float = 0.05) -> Recommendation:
+    """The level to run at: of the levels whose run p99s meet the SLO, the lowest concurrency whose throughput is
+    within ``noise`` of the best one (more concurrency that adds no throughput only adds latency). Says whether the
+    SLO bound within the sweep, and where."""
+    topic = f"concurrency ({config})"
+    levels = sweep_levels(points)
+    if len(levels) < 2:
+        return not_measured(topic, f"{config}: fewer than 2 concurrency levels of one workload")
+    evidence = []
+    for m in levels:
+        v = slo.run_violations(m)
+        evidence.append(f"c={m['workload']['concurrency']}: {m['output_throughput']:.1f} tok/s, p99 TTFT "
+                        f"{num(m['p99_ttft_ms'])} ms, p99 TPOT {num(m['p99_tpot_ms'])} ms: "
+                        + ("within the SLO" if not v else "breaks it (" + "; ".join(v) + ")"))
+    ok = [m for m in levels if not slo.run_violations(m)]
+    if not ok:
+        least = min(levels, key=lambda m: m["p99_ttft_ms"])
+        return Recommendation(topic, f"no measured level meets the SLO; the lowest p99 TTFT "
+                                     f"was at c={least['workload']['concurrency']} ({num(least['p99_ttft_ms'])} ms)",
+                              evidence, None)
+    fastest = max(ok, key=lambda m: m["output_throughput"])
+    best = next(m for m in ok if m["output_throughput"] >= (1 - noise) * fastest["output_throughput"])
+    c, top_c = best["workload"]["concurrency"], levels[-1]["workload"]["concurrency"]
+    single = next((m for m in levels if m["workload"]["concurrency"] == 1), None)
+    gain = f", {times(best['output_throughput'] / single['output_throughput'])} the single-stream throughput" \
+        if single and single["output_throughput"] and best is not single else ""
+    verdict = (f"run at concurrency {c}: {best['output_throughput']:.1f} output tok/s with p99 TTFT "
+               f"{num(best['p99_ttft_ms'])} ms and p99 TPOT {num(best['p99_tpot_ms'])} ms{gain}")
+    broken = [m for m in levels if slo.run_violations(m) and m["workload"]["concurrency"] > c]
+    if fastest is not best:
+        verdict += (f"; c={fastest['workload']['concurrency']} gave {fastest['output_throughput']:.1f} tok/s, within "
+                    f"the {noise:.0%} noise threshold, at p99 TTFT {num(fastest['p99_ttft_ms'])} ms")
+    if c == top_c:
+        verdict += (f"; the SLO did not bind up to the highest level measured (c={top_c}), so a higher level may "
+                    "give more: extend the sweep")
+    elif broken:
+        first = broken[0]
+        verdict += f"; c={first['workload']['concurrency']} breaks the SLO ({'; '.join(slo.run_violations(first))})"
+    elif fastest is best:
+        verdict += "; higher levels met the SLO but gave less throughput"
+    return Recommendation(topic, verdict, evidence, c)
+
+
+def _measured(study: Mapping[str, Any] | None) -> list[Row]:
+    return [r for r in (study or {}).get("rows", []) if r.get("status", "measured") == "measured"]
+
+
+def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Row | None, noise: float) -> Recommendation:
+    """Pays off when caching lowers TTFT or raises throughput beyond noise on the shared-prefix load; the loaded
+    run's own hit rate says whether the lab's load would see any of it."""
+    topic = "prefix_caching"
+    rows = {r["key"]: r for r in _measured(study)}
+    on, off = rows.get("on"), rows.get("off")
+    lab_rate = ((loaded or {}).get("kv_cache") or {}).get("prefix_cache_hit_rate_cumulative")
+    lab_line = (f"on the comparison load ({_load(loaded)}) vLLM reported a prefix-cache hit rate of {lab_rate:.1%}"
+                if loaded is not None and lab_rate is not None else None)
+    if not (on and off):
+        rec = not_measured(topic, "prefix-caching study: needs both the 'on' and 'off' rows")
+        if lab_line:
+            rec.evidence.append(lab_line)
+        return rec
+    speedup = off["median_ttft_ms"] / on["median_ttft_ms"] if on["median_ttft_ms"] else float("inf")
+    gain = on["output_throughput"] / off["output_throughput"] if off["output_throughput"] else float("nan")
+    pays = speedup >= 1 + noise or gain >= 1 + noise
+    evidence = [f"shared-prefix load ({on.get('prefix_len')} of {on.get('prompt_len')} prompt tokens shared, "
+                f"{on.get('num_requests')} requests): p50 TTFT {num(off['median_ttft_ms'])} ms off -> "
+                f"{num(on['median_ttft_ms'])} ms on ({times(speedup)}), output {off['output_throughput']:.1f} -> "
+                f"{on['output_throughput']:.1f} tok/s ({times(gain)})",
+                f"hit rate measured {_pct(on.get('hit_rate'))}, expected from the prompt mix "
+                f"{_pct(on.get('expected_hit_rate'))}; KV blocks spared {on.get('blocks_saved')}"]
+    if lab_line:
+        evidence.append(lab_line)
+    verdict = ("pays off" if pays else "does not pay off beyond noise") + (
+        f" on prompts that share a prefix: {times(speedup)} lower p50 TTFT, {times(gain)} throughput "
+        f"(noise threshold {noise:.0%})")
+    if lab_rate is not None:
+        verdict += (f"; the comparison load itself shares no prefix (hit rate {lab_rate:.1%}), so it gains nothing"
+                    if lab_rate < 0.01 else f"; the comparison load hits the cache for {lab_rate:.1%} of prompt tokens")
+    return Recommendation(topic, verdict, evidence, pays)
+
+
+def kv_demand_tokens(m: Row) -> int:
+    """Most KV tokens a closed-loop load holds at once: concurrency x (prompt + output)."""
+    w = m["workload"]
+    return (w.get("concurrency") or w["num_requests"]) * (w["prompt_len"] + w["output_len"])
+
+
+def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None, demand: Sequence[Row],
+                    min_top1: float, max_mae: float, kv_byte_share: float | None = None) -> Recommendation:
+    """Pays off only if KV capacity binds (some measured load needs more KV than the auto cache holds) and the
+    quantized cache's accuracy stays within the study's limits. ``kv_byte_share``: the KV cache's share of the
+    bytes a decode step reads at the heaviest load (efficiency's bandwidth model), which bounds the speed a
+    smaller KV dtype could add even where capacity does not bind."""
+    topic = "kv_quantization"
+    heaviest = max(demand, key=kv_demand_tokens, default=None)
+    need = (kv_demand_tokens(heaviest), heaviest) if heaviest is not None else None
+    evidence = []
+    binds = None
+    if need and capacity_tokens:
+        tokens, m = need
+        binds = tokens > capacity_tokens
+        per_seq = m["workload"]["prompt_len"] + m["workload"]["output_len"]
+        evidence.append(f"heaviest measured load {_load(m)} holds up to {tokens} tokens of KV "
+                        f"(concurrency x (prompt + output)): {tokens / capacity_tokens:.1%} of the auto cache's "
+                        f"{capacity_tokens} tokens; capacity binds from concurrency {capacity_tokens // per_seq + 1}")
+    quant = [r for r in _measured(study) if r.get("key") != "auto"]
+    shrink = max((r.get("expected_capacity_gain") or 0 for r in quant), default=0) or 2.0
+    speed = ""
+    if kv_byte_share is not None and need:
+        saved = kv_byte_share * (1 - 1 / shrink)
+        speed = (f"at {_load(need[1])} the KV cache is {kv_byte_share:.0%} of the bytes a decode step reads "
+                 f"(bandwidth model), so a {shrink:g}x smaller KV element could make bandwidth-bound decode steps up "
+                 f"to {times(1 / (1 - saved))} faster; this speed was not measured")
+        evidence.append(speed)
+    for r in quant:
+        top1, mae = r.get("prompt_top1_agreement"), r.get("prompt_logprob_mae")
+        evidence.append(f"{r['key']} ({r.get('kv_cache_dtype')}): {times(r.get('capacity_gain'))} tokens per GiB, "
+                        f"top-1 agreement {'n/a' if top1 is None else f'{top1:.3f}'}, mean |logprob diff| "
+                        f"{'n/a' if mae is None else f'{mae:.4f}'}")
+    for key, reason in ((study or {}).get("findings") or {}).get("refused", {}).items():
+        evidence.append(f"{key} refused by the engine: {reason}")
+    if not quant:
+        rec = not_measured(topic, "KV-cache dtype study: no quantized dtype measured")
+        rec.evidence = evidence
+        if binds is False:
+            rec.verdict += "; capacity does not bind at the measured loads, so quantization would buy no batch room"
+        if speed:
+            rec.verdict += f"; {speed.split(', so ')[1]}"
+        return rec
+    if all(r.get("prompt_top1_agreement") is None for r in quant):  # e.g. dummy weights: nothing to score
+        gain = times(max(r.get("capacity_gain") or 0 for r in quant))
+        return Recommendation(topic, f"undecided: up to {gain} tokens per GiB measured, but not the accuracy cost; "
+                                     "measure it on real weights (--model llama-2-7b-seeded or a checkpoint) before "
+                                     "choosing a quantized cache", evidence, None)
+    accurate = [r for r in quant if (r.get("prompt_top1_agreement") or 0) >= min_top1
+                and (r.get("prompt_logprob_mae") if r.get("prompt_logprob_mae") is not None else math.inf) <= max_mae]
+    acc = (f"{len(accurate)} of {len(quant)} quantized dtypes stay within top-1 agreement >= {min_top1} and mean "
+           f"|logprob diff| <= {max_mae}")
+    if binds is None:
+        return Recommendation(topic, f"capacity need unknown (no KV capacity or load recorded); {acc}", evidence)
+    if not binds:
+        return Recommendation(topic, f"does not pay off in capacity for this workload: KV capacity does not bind at "
+                                     f"any measured load, so the extra tokens per GiB buy no batch room ({acc})"
+                              + (f"; {speed.split(', so ')[1]}" if speed else ""), evidence, False)
+    if not accurate:
+        return Recommendation(topic, f"capacity binds, but no quantized dtype is accurate enough ({acc})", evidence,
+                              False)
+    pick = max(accurate, key=lambda r: (r.get("capacity_gain") or 0, -(r.get("prompt_logprob_mae") or 0)))
+    return Recommendation(topic, f"pays off: capacity binds at the measured load; {pick['key']} gives "
+                                 f"{times(pick.get('capacity_gain'))} tokens per GiB within the accuracy limits ({acc})",
+                          evidence, pick["key"])
+
+
+def block_size_advice(study: Mapping[str, Any] | None, noise: float) -> Recommendation:
+    """Keep the engine's default unless another measured block size is faster beyond noise."""
+    topic = "block_size"
+    rows = [r for r in _measured(study) if r.get("output_throughput")]
+    if not rows:
+        return not_measured(topic, "block-size study")
+    default = next((r for r in rows if r.get("config_name") == "vllm"), None)
+    best = max(rows, key=lambda r: r["output_throughput"])
+    evidence = [f"block {r['block_size']}: {r['output_throughput']:.1f} tok/s, p50 TTFT {num(r.get('median_ttft_ms'))} "
+                f"ms, p50 TPOT {num(r.get('median_tpot_ms'))} ms, KV capacity {r.get('kv_capacity_tokens')} tokens"
+                for r in rows]
+    if default is None:
+        return Recommendation(topic, f"block {best['block_size']} was fastest ({best['output_throughput']:.1f} "
+                                     "tok/s); the engine default was not among the measured rows", evidence,
+                              best["block_size"])
+    gain = best["output_throughput"] / default["output_throughput"]
+    if best is default:
+        return Recommendation(topic, f"keep the default block size {default['block_size']}: it was the fastest "
+                                     f"measured ({default['output_throughput']:.1f} tok/s)", evidence,
+                              default["block_size"])
+    if gain < 1 + noise:
+        return Recommendation(topic, f"keep the default block size {default['block_size']}: the fastest "
+                                     f"(block {best['block_size']}) gives {times(gain)} its throughput, within the "
+                                     f"{noise:.0%} noise threshold", evidence, default["block_size"])
+    return Recommendation(topic, f"use block size {best['block_size']}: {times(gain)} the default "
+                                 f"{default['block_size']}'s throughput", evidence, best["block_size"])

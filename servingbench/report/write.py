@@ -1,0 +1,111 @@
+"""The performance report: the lab's deliverables as one artifact a person reads.
+
+``servingbench report RESULTS_DIR [...] -o OUT`` (or ``pytest --report``) reads the measurements and study files of
+one or more results directories and writes ``OUT/report.md`` with PNG figures under ``OUT/figures/``, a
+self-contained ``OUT/report.html`` (figures inlined) and ``OUT/report.json`` (the recommendations and efficiency
+figures, for machines). Every number comes from the files read; every section whose data is absent says so.
+Several directories merge (a GPU lease split over sessions); a measurement key seen twice keeps the later run.
+
+This module: loading, the derived figures, the expectations table, the document model (Markdown and HTML from the
+same blocks) and the command; ``report_build`` assembles the sections, ``report_sections`` the studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from servingbench.report.data import load_run
+from servingbench.report.recommend import SLOLimits
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---- options, assembly, writing --------------------------------------------------------------------------------------
+
+@dataclass
+class ReportOptions:
+    slo: SLOLimits = field(default_factory=SLOLimits)
+    baseline: str | None = None  # the config improvement factors are relative to (default: "hf", else an hf config)
+    workload: str = "lab"  # the comparison load's workload name
+    expectations: Path | None = None
+    peaks: Path | None = None
+    html: bool = True
+    noise: float = 0.05  # relative differences below this are treated as run-to-run noise
+
+
+def default_expectations() -> Path | None:
+    for p in (Path("perf/expected_performance.toml"), REPO / "perf" / "expected_performance.toml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def kv_limits(expectations: Path | None) -> tuple[float, float]:
+    """The KV study's own accuracy limits (perf/studies.toml beside the table), else its shipped defaults."""
+    path = (Path(expectations).parent if expectations else REPO / "perf") / "studies.toml"
+    try:
+        s = tomllib.loads(path.read_text()).get("kv_cache_dtype", {})
+        return float(s.get("min_prompt_top1_agreement", 0.8)), float(s.get("max_prompt_logprob_mae", 0.25))
+    except (OSError, tomllib.TOMLDecodeError):
+        return 0.8, 0.25
+
+
+def write_report(dirs: Sequence[Path | str], out: Path | str, options: ReportOptions | None = None) -> Path:
+    """Build the report of ``dirs`` into ``out``; returns the path of report.md."""
+    from servingbench.report.build import build
+
+    opts = options or ReportOptions()
+    if opts.expectations is None:
+        opts.expectations = default_expectations()
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for old in (out / "figures").glob("*.png"):
+        old.unlink()
+    data = load_run(dirs)
+    doc, machine = build(data, opts, out)
+    title = f"servingbench report: {data.hardware} / {data.model}"
+    (out / "report.md").write_text(doc.markdown(out))
+    if opts.html:
+        (out / "report.html").write_text(doc.html(title))
+    (out / "report.json").write_text(json.dumps(machine, indent=2, default=str) + "\n")
+    return out / "report.md"
+
+
+def add_report_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = subparsers.add_parser("report", help="write the performance report of results directories",
+                              description="Markdown + PNG figures, a self-contained HTML page and report.json, "
+                                          "from the measurements and studies under RESULTS_DIR(s).")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md, report.html, figures/")
+    p.add_argument("--slo-ttft-ms", type=float, default=2000.0, help="TTFT p99 limit (default 2000: MLPerf "
+                   "Llama-2-70B server)")
+    p.add_argument("--slo-tpot-ms", type=float, default=200.0, help="TPOT p99 limit (default 200: MLPerf "
+                   "Llama-2-70B server)")
+    p.add_argument("--baseline", default=None, help="config the improvement factors divide by (default: hf)")
+    p.add_argument("--workload", default="lab", help="workload name of the comparison load (default: lab)")
+    p.add_argument("--expectations", type=Path, default=None, help="expected-performance table (default: "
+                   "perf/expected_performance.toml)")
+    p.add_argument("--peaks", type=Path, default=None, help="hardware peaks TOML (default: the packaged "
+                   "servingbench/data/hardware_peaks.toml)")
+    p.add_argument("--noise", type=float, default=0.05, help="relative difference treated as noise (default 0.05)")
+    p.add_argument("--no-html", action="store_true", help="skip report.html")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    custom = args.slo_ttft_ms != 2000.0 or args.slo_tpot_ms != 200.0
+    slo = SLOLimits(args.slo_ttft_ms, args.slo_tpot_ms, "set on the command line" if custom else SLOLimits().source)
+    opts = ReportOptions(slo=slo, baseline=args.baseline, workload=args.workload, expectations=args.expectations,
+                         peaks=args.peaks, html=not args.no_html, noise=args.noise)
+    try:
+        path = write_report(args.results, args.output, opts)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"servingbench report: error: {e}")
+        return 1
+    print(f"report: {path}" + (f" and {path.with_suffix('.html')}" if opts.html else ""))
+    return 0

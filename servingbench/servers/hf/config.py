@@ -1,0 +1,30 @@
+"""The HF baseline server's config: how the suite starts ``servingbench serve-hf`` (servers/hf/app.py)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+from servingbench.servers.process import ServerConfig
+
+
+@dataclass(frozen=True)
+class HFConfig(ServerConfig):
+    max_batch_size: int = 1  # 1: one request at a time in arrival order (the naive baseline)
+    batch_wait_ms: float = 20.0  # static batching: how long to wait for a batch to fill
+    threads: int | None = None  # torch threads; None: match vLLM's CPU build (one compute thread)
+    device: str = "auto"
+    load_format: str = "auto"  # "dummy": random init on the device
+    engine: ClassVar[str] = "hf"
+
+    def command(self, host: str, port: int) -> list[str]:
+        args = [sys.executable, "-m", "servingbench.cli", "serve-hf", "--model", self.model,
+                "--host", host, "--port", str(port), *self._common_args(),
+                "--max-batch-size", str(self.max_batch_size), "--batch-wait-ms", str(self.batch_wait_ms),
+                "--device", self.device, "--load-format", self.load_format]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        return args + list(self.extra_args)
+
+

@@ -1,0 +1,247 @@
+"""Server lifecycle: one small class owns a server's whole life, for vLLM and the HF baseline alike.
+
+A config dataclass builds the argument list; ``ServerProcess`` picks a free port on 127.0.0.1, starts the
+process in its own process group with its log in the results directory, polls ``/health``, fails at once with
+the log's tail if the process exits, fails after a start-up limit otherwise, and on stop ends the whole group
+(children included). On a GPU it then waits for the device memory to come back before the next server starts.
+On Linux the server is also told to end when the process that started it dies, however it dies (``kill -9`` of
+pytest included), so a killed run cannot leave a server holding its port and memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+
+from servingbench.measure import telemetry
+from servingbench.servers.logs import LOG_TAIL_LINES, cause_line
+
+LOCALHOST = "127.0.0.1"
+# Runs as the server's first image: asks the kernel for SIGTERM when the starting process dies
+# (prctl PR_SET_PDEATHSIG = 1; kept across exec), checks that it has not died already, then execs the server.
+# A launcher rather than subprocess's preexec_fn, which is unsafe in a process with threads (the samplers).
+_DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+                    "os.getppid() == int(sys.argv[1]) or sys.exit('servingbench: the starting process has ended'); "
+                    "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+class ServerStartError(RuntimeError):
+    """The server did not become healthy; the message names the cause and ends with the log's tail."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every engine's server takes. Secrets (the API key) are not part of a config: configs are saved."""
+
+    model: str
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    engine: ClassVar[str] = "base"
+
+    def command(self, host: str, port: int) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The model name clients put in requests."""
+        return self.served_model_name or self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, **dataclasses.asdict(self)}
+
+    def _common_args(self) -> list[str]:
+        args = ["--dtype", self.dtype]
+        if self.served_model_name:
+            args += ["--served-model-name", self.served_model_name]
+        if self.max_model_len:
+            args += ["--max-model-len", str(self.max_model_len)]
+        return args
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ServerStartError(
+                f"port {port} on {host} is in use{_port_owner(port)}; pick another port (or none, to get a "
+                "free one) or stop the process that holds it") from None
+
+
+def _port_owner(port: int) -> str:
+    try:
+        for c in psutil.net_connections(kind="inet"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                return f" (by pid {c.pid}, {psutil.Process(c.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so that it gets SIGTERM when this process dies (Linux); elsewhere ``cmd`` as it is.
+
+    The kernel ties the signal to the thread that forked, not the process: from any thread but the main one, a
+    server would be stopped when that thread ends, so only the main thread's starts are wrapped."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return cmd
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+
+
+class ServerProcess:
+    """A started server. Use as a context manager, or call ``start()`` and ``stop()``."""
+
+    live: ClassVar[set["ServerProcess"]] = set()  # stopped at interpreter exit or on a signal
+
+    def __init__(self, config: ServerConfig, log_dir: Path | str, *, host: str = LOCALHOST,
+                 port: int | None = None, api_key: str | None = None, startup_timeout: float = 900.0,
+                 gpu: bool = False, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.startup_timeout = startup_timeout
+        self.gpu = gpu
+        self.extra_env = env or {}
+        self.log_path = Path(log_dir) / f"{config.engine}-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "ServerProcess":
+        if self.port is None:
+            self.port = free_port(self.host)
+        ensure_port_free(self.host, self.port)
+        if self.gpu:
+            telemetry.wait_for_gpu_memory_release()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **dict(self.config.env), **self.extra_env}
+        if self.api_key:  # through the environment: never on a command line, in `ps` or in a log
+            env["VLLM_API_KEY"] = env["SERVINGBENCH_API_KEY"] = self.api_key
+        cmd = self.config.command(self.host, self.port)
+        with open(self.log_path, "wb") as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            t0 = time.monotonic()
+            self.proc = subprocess.Popen(die_with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        ServerProcess.live.add(self)
+        try:
+            self._wait_healthy(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _wait_healthy(self, t0: float) -> None:
+        assert self.proc is not None
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise ServerStartError(self._failure(f"exited with code {code} during start-up"))
+            if self.health():
+                return
+            if time.monotonic() - t0 > self.startup_timeout:
+                raise ServerStartError(self._failure(f"was not healthy after {self.startup_timeout:.0f} s"))
+            time.sleep(0.5)
+
+    def health(self, timeout: float = 2.0) -> bool:
+        req = urllib.request.Request(self.url + "/health")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def cause(self) -> str | None:
+        """The last line of the log that names an error: what the user needs to read first."""
+        return cause_line(self.log_tail(200))
+
+    def _failure(self, what: str) -> str:
+        cause = self.cause()
+        return (f"{self.config.engine} server for {self.config.model} {what}"
+                + (f": {cause}" if cause else "")
+                + f"\nlog: {self.log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{self.log_tail()}")
+
+    def stop(self, grace: float = 20.0) -> None:
+        """End the server's whole process group and any child that left it; idempotent.
+
+        The server leaves ``live`` only once it is ended: a stop interrupted by a second Ctrl-C leaves it there
+        for ``stop_all`` at exit."""
+        proc = self.proc
+        if proc is None:
+            ServerProcess.live.discard(self)
+            return
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for child in family:
+                try:
+                    child.send_signal(sig)
+                except psutil.Error:
+                    pass
+            try:
+                proc.wait(timeout=wait)
+                _, alive = psutil.wait_procs(family, timeout=wait)
+                if not alive:
+                    break
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc = None
+        ServerProcess.live.discard(self)
+        if self.gpu:
+            telemetry.wait_for_gpu_memory_release()
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for server in list(cls.live):
+            server.stop(grace=5.0)

@@ -1,0 +1,306 @@
+"""How far a measured run is from the hardware's physical limits: MBU and MFU.
+
+Token-by-token decoding is limited by memory bandwidth, not arithmetic: every decode step streams all weights
+once for the whole batch, plus each sequence's own KV cache. So the figure that says how close a server is to
+the limit is the model bandwidth utilization (MBU), and the model FLOPs utilization (MFU) says how far from
+compute-bound it is (decode MFU in single digits is normal). Formulas (stated in the report as well):
+
+    batch B      time-averaged number of sequences in their decode phase, over the time any sequence decodes
+                 (from the request records: sum of (last chunk - first chunk) / length of their union)
+    context c    mean tokens of context a decode step attends to: prompt_len + output_tokens / 2
+    W            bytes of weights streamed per decode step: (parameters - input embedding) x bytes per weight
+                 (the input embedding is only gathered, B rows; a tied embedding is read in full by the LM head)
+    KV(c)        KV bytes one sequence reads per step: c x 2 (K and V) x layers x kv_heads x head_dim x KV bytes
+    bytes/token  W / B + KV(c)
+    MBU          output tokens/s x bytes/token / (peak memory bandwidth x GPUs)
+    FLOPs/token  2 x streamed parameters + 4 x layers x heads x head_dim x c  (matmuls; QK^T and AV attention)
+    MFU          output tokens/s x FLOPs/token / (peak FLOP/s of the model's dtype x GPUs)
+
+Tokens/s is the run's output throughput over its whole wall-clock duration, so prefill time counts against the
+decode figures: MBU is end-to-end, a lower bound on the bandwidth a single decode step reaches. ``mfu_all_tokens``
+adds the prompt tokens' FLOPs (2 x (streamed parameters - LM head) + attention over p/2 on average: logits are
+computed for the last prompt token only), less the share vLLM reports as prefix-cache hits (not computed again).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+DTYPE_BYTES: dict[str, float] = {
+    "float32": 4, "float": 4, "fp32": 4, "float16": 2, "half": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
+    "float64": 8, "int8": 1, "uint8": 1,
+}
+
+
+class EfficiencyError(ValueError):
+    """A figure that cannot be computed from what was measured; the message says what is missing."""
+
+
+def dtype_bytes(name: str | None) -> float:
+    """Bytes per element of a model or KV dtype name ("float16", "torch.bfloat16", "fp8_e4m3", "int8", ...)."""
+    n = (name or "").removeprefix("torch.").lower()
+    if n in DTYPE_BYTES:
+        return float(DTYPE_BYTES[n])
+    if n.startswith(("fp8", "int8")):
+        return 1.0
+    if n.startswith(("int4", "nvfp4", "fp4")):
+        return 0.5
+    raise EfficiencyError(f"unknown element size of dtype {name!r}")
+
+
+# ---- hardware peaks ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DevicePeaks:
+    """One device's vendor (or measured) peaks, times the number of devices the run used."""
+
+    name: str
+    memory_bandwidth_gb_s: float
+    peak_tflops: Mapping[str, float]
+    source: str
+    count: int = 1
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        return self.memory_bandwidth_gb_s * 1e9 * self.count
+
+    def flops_per_s(self, dtype: str) -> float | None:
+        """Peak FLOP/s for matmuls in ``dtype``; None when the table has no figure for it."""
+        key = dtype.removeprefix("torch.").lower()
+        key = {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "float": "float32", "fp32": "float32"}.get(key, key)
+        tf = self.peak_tflops.get(key)
+        return tf * 1e12 * self.count if tf else None
+
+
+def default_peaks_path() -> Path:
+    return Path(str(resources.files("servingbench.data").joinpath("hardware_peaks.toml")))
+
+
+def load_peak_table(path: Path | str | None = None) -> list[dict[str, Any]]:
+    path = Path(path) if path else default_peaks_path()
+    try:
+        devices = tomllib.loads(path.read_text()).get("device", [])
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EfficiencyError(f"cannot read hardware peaks {path}: {e}") from None
+    for i, d in enumerate(devices):
+        missing = {"name", "profiles", "memory_bandwidth_gb_s", "peak_tflops", "source"} - set(d)
+        if missing:
+            raise EfficiencyError(f"{path}: [[device]] #{i + 1} lacks {sorted(missing)}")
+    return devices
+
+
+def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[str, Any]],
+               count: int | None = None) -> DevicePeaks | None:
+    """The first entry whose profile (exact, or prefix with "*") and GPU-name filter match; None if none does.
+
+    A "-xN" profile suffix (N GPUs) is stripped for the lookup; ``count`` (GPUs the server used), else N, multiplies.
+    """
+    m = re.fullmatch(r"(.+)-x(\d+)", hardware)
+    base, suffix_n = (m.group(1), int(m.group(2))) if m else (hardware, 1)
+    for d in devices:
+        if not any(base == p or (p.endswith("*") and base.startswith(p[:-1])) for p in d["profiles"]):
+            continue
+        needles = d.get("gpu_name_contains") or []
+        if needles and not (gpu_name and any(s.lower() in gpu_name.lower() for s in needles)):
+            continue
+        return DevicePeaks(d["name"], float(d["memory_bandwidth_gb_s"]), dict(d["peak_tflops"]), d["source"],
+                           count or suffix_n)
+    return None
+
+
+def host_memory_bandwidth_gb_s(size_mib: int = 256, repeats: int = 8) -> float:
+    """Best single-threaded numpy copy rate, STREAM-style (bytes read + bytes written): how the CPU entry of
+    hardware_peaks.toml was measured. Arrays far larger than the last-level cache, so DRAM is what is timed."""
+    import numpy as np
+
+    a = np.ones(size_mib * 2**20 // 8)
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - t))
+    return best / 1e9
+
+
+# ---- the model's shape ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_parameters: int
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    tied_embeddings: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ModelShape":
+        """From an HF ``config.json``-style dict (Llama/Mistral field names)."""
+        from servingbench.suite.models import ModelProfile
+
+        try:
+            h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+            return cls(num_parameters=ModelProfile("m", "checkpoint", "auto", 0, config=dict(config)).num_parameters,
+                       vocab_size=int(config["vocab_size"]), hidden_size=h,
+                       num_layers=int(config["num_hidden_layers"]), num_attention_heads=heads,
+                       num_kv_heads=int(config.get("num_key_value_heads") or heads),
+                       head_dim=int(config.get("head_dim") or h // heads),
+                       tied_embeddings=bool(config.get("tie_word_embeddings")))
+        except KeyError as e:
+            raise EfficiencyError(f"model config lacks {e.args[0]!r}: cannot size weights and KV cache") from None
+
+    @property
+    def streamed_parameters(self) -> int:
+        """Parameters a decode step reads in full: all but the input embedding (unless tied to the LM head)."""
+        return self.num_parameters - (0 if self.tied_embeddings else self.vocab_size * self.hidden_size)
+
+    def kv_bytes_per_token(self, kv_element_bytes: float) -> float:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * kv_element_bytes
+
+    def attention_flops_per_token(self, context: float) -> float:
+        return 4 * self.num_layers * self.num_attention_heads * self.head_dim * context
+
+    def decode_flops_per_token(self, context: float) -> float:
+        return 2 * self.streamed_parameters + self.attention_flops_per_token(context)
+
+    def prefill_flops_per_token(self, prompt_len: float) -> float:
+        lm_head = self.vocab_size * self.hidden_size
+        return 2 * (self.streamed_parameters - lm_head) + self.attention_flops_per_token(prompt_len / 2)
+
+
+# ---- the figures ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Efficiency:
+    """MBU and MFU of one measurement, with every intermediate figure, so the report can show its working."""
+
+    batch: float
+    context: float
+    weight_bytes: float  # per decode step
+    kv_bytes_per_sequence: float  # per decode step
+    bytes_per_token: float
+    achieved_gb_s: float
+    mbu: float | None
+    flops_per_token: float
+    achieved_tflops: float
+    mfu: float | None
+    mfu_all_tokens: float | None
+    peaks: DevicePeaks | None
+
+
+def compute_efficiency(shape: ModelShape, *, output_tokens_per_s: float, batch: float, context: float,
+                       weight_dtype: str, kv_dtype: str, peaks: DevicePeaks | None,
+                       prompt_tokens_per_s: float = 0.0, prompt_len: float = 0.0) -> Efficiency:
+    """The module docstring's formulas; MBU/MFU are None where no peak is known for the hardware or dtype."""
+    if not batch > 0:
+        raise EfficiencyError(f"decode batch must be > 0, got {batch}")
+    w = shape.streamed_parameters * dtype_bytes(weight_dtype)
+    kv_elem = dtype_bytes(weight_dtype if kv_dtype in (None, "", "auto") else kv_dtype)
+    kv_seq = context * shape.kv_bytes_per_token(kv_elem)
+    per_token = w / batch + kv_seq
+    achieved = output_tokens_per_s * per_token
+    flops_tok = shape.decode_flops_per_token(context)
+    flops = output_tokens_per_s * flops_tok
+    all_flops = flops + prompt_tokens_per_s * shape.prefill_flops_per_token(prompt_len)
+    peak_f = peaks.flops_per_s(weight_dtype) if peaks else None
+    return Efficiency(
+        batch=batch, context=context, weight_bytes=w, kv_bytes_per_sequence=kv_seq, bytes_per_token=per_token,
+        achieved_gb_s=achieved / 1e9, mbu=achieved / peaks.bandwidth_bytes_per_s if peaks else None,
+        flops_per_token=flops_tok, achieved_tflops=flops / 1e12, mfu=flops / peak_f if peak_f else None,
+        mfu_all_tokens=all_flops / peak_f if peak_f else None, peaks=peaks)
+
+
+def _ok(r: Mapping[str, Any]) -> bool:
+    return r.get("error") is None and bool(r.get("chunk_times"))
+
+
+def decode_batch(records: Iterable[Mapping[str, Any]]) -> float | None:
+    """Time-averaged sequences in decode (first to last content chunk) over the union of those intervals.
+
+    Unlike the client's concurrency, this sees what the server batched: a sequential server whose queue holds 10
+    requests decodes 1 at a time, and this returns ~1."""
+    spans = sorted((r["chunk_times"][0], r["chunk_times"][-1]) for r in records
+                   if _ok(r) and len(r["chunk_times"]) > 1)
+    if not spans:
+        return None
+    total = sum(b - a for a, b in spans)
+    union, cur_a, cur_b = 0.0, spans[0][0], spans[0][1]
+    for a, b in spans[1:]:
+        if a > cur_b:
+            union += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    union += cur_b - cur_a
+    return total / union if union > 0 else None
+
+
+def mean_context(records: Iterable[Mapping[str, Any]]) -> float | None:
+    ok = [r for r in records if _ok(r)]
+    if not ok:
+        return None
+    return sum(r["prompt_len"] + (r.get("output_tokens") or len(r["chunk_times"])) / 2 for r in ok) / len(ok)
+
+
+def model_config_for(m: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The architecture of a measurement's model: a built-in profile by name, else the served config.json."""
+    import json
+
+    from servingbench.suite.models import ProfileError, get_profile
+
+    name = (m.get("environment") or {}).get("model") or (m.get("config") or {}).get("served_model_name")
+    if name:
+        try:
+            profile = get_profile(name)
+            if profile.config:
+                return dict(profile.config, torch_dtype=profile.dtype)
+        except ProfileError:
+            pass
+    path = Path(str((m.get("config") or {}).get("model", ""))) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measurement_efficiency(m: Mapping[str, Any], devices: Sequence[Mapping[str, Any]],
+                           model_config: Mapping[str, Any] | None = None) -> Efficiency:
+    """MBU/MFU of one saved measurement (``Measurement.to_dict()``); raises EfficiencyError saying what is missing."""
+    config = model_config or model_config_for(m)
+    if not config:
+        raise EfficiencyError("model architecture unknown (no built-in profile and no readable config.json)")
+    shape = ModelShape.from_config(config)
+    cfg = m.get("config") or {}
+    dtype = cfg.get("dtype")
+    if dtype in (None, "", "auto"):
+        dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
+    records = m.get("records") or []
+    batch = decode_batch(records)
+    if batch is None and m.get("mean_tpot_ms"):
+        batch = m["output_throughput"] * m["mean_tpot_ms"] / 1000.0  # B = tokens/s x s per step
+    if not batch:
+        raise EfficiencyError("no decode batch: no request produced more than one content chunk")
+    w = m.get("workload") or {}
+    context = mean_context(records) or (w.get("prompt_len", 0) + w.get("output_len", 0) / 2)
+    kv_dtype = (m.get("kv_cache") or {}).get("cache_dtype") or cfg.get("kv_cache_dtype") or "auto"
+    env = m.get("environment") or {}
+    gpus = env.get("gpus") or []
+    tp = int(cfg.get("tensor_parallel_size") or 1) if m.get("engine") == "vllm" else 1
+    peaks = find_peaks(env.get("hardware", ""), gpus[0]["name"] if gpus else None, devices, count=tp)
+    duration = m.get("duration") or 0.0
+    # prompt tokens found in the prefix cache are not computed again; vLLM's rate is cumulative since start-up
+    hit = float((m.get("kv_cache") or {}).get("prefix_cache_hit_rate_cumulative") or 0.0)
+    prompt_rate = m.get("total_input_tokens", 0) * (1 - hit) / duration if duration else 0.0
+    prompt_len = m.get("total_input_tokens", 0) / max(1, m.get("completed", 0))
+    return compute_efficiency(shape, output_tokens_per_s=m["output_throughput"], batch=batch, context=context,
+                              weight_dtype=str(dtype), kv_dtype=str(kv_dtype), peaks=peaks,
+                              prompt_tokens_per_s=prompt_rate, prompt_len=prompt_len)

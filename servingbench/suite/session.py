@@ -1,0 +1,137 @@
+"""A perf session: which servers are up, and the measurements taken so far.
+
+``ServerPool`` starts each distinct config once and keeps at most one server alive (a 7B model leaves no room
+for two on one GPU). ``BenchSession.measure`` runs a workload against a named config once per session and
+caches the result, so every test that asserts on it (thresholds, baselines, ratios) reads the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import psutil
+
+from servingbench.measure import telemetry
+from servingbench.suite.run_settings import RunProfile
+from servingbench.load.workload import Workload
+from servingbench.load.generator import run_load
+from servingbench.measure.measurement import Measurement, find_measurement_files, load_measurement, measurement_from_dict
+from servingbench.measure.environment import software_versions
+from servingbench.servers.pool import ServerPool, ServerUnavailable
+from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
+from servingbench.servers.vllm import kv_cache_info
+
+if TYPE_CHECKING:
+    from servingbench.suite.thresholds import ExpectationTable
+
+
+@dataclass
+class BenchSession:
+    profile: RunProfile
+    results_dir: Path
+    configs: dict[str, dict[str, Any]]
+    api_key: str | None = None
+    server_url: str | None = None  # remote mode: measure this deployment, start nothing
+    request_timeout_s: float = 600.0
+    startup_timeout_s: float = 900.0
+    progress: bool = False
+    replay_dir: Path | None = None  # read measurements saved by an earlier run instead of running them
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    pool: ServerPool = field(init=False)
+    _runs_per_config: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = ServerPool(self.results_dir / "logs", api_key=self.api_key, gpu=self.profile.hardware.gpu,
+                               startup_timeout=self.startup_timeout_s)
+
+    @property
+    def remote(self) -> bool:
+        return self.server_url is not None
+
+    def config(self, name: str, overrides: dict[str, Any] | None = None) -> ServerConfig:
+        if overrides:
+            entry = dict(self.configs.get(name, {}), **overrides)
+            engine = entry.pop("engine")
+            return self.profile.server_config(engine, **entry)
+        return self.profile.named_config(name, self.configs)
+
+    def workload(self, table: "ExpectationTable", name: str, config_name: str) -> Workload:
+        """The variant of workload ``name`` that ``config_name`` runs on this hardware."""
+        return table.workload(name, self.profile.hardware.gpu, self.config(config_name).engine)
+
+    def measure(self, config_name: str, workload: Workload, *, config: ServerConfig | None = None,
+                after: Callable[[ServerProcess | None, Measurement], None] | None = None) -> Measurement:
+        """Run ``workload`` against ``config_name`` once per session; later calls return the same result."""
+        config = config or self.config(config_name)
+        key = f"{config_name}--{workload.label}"
+        if key in self.measurements:
+            return self.measurements[key]
+        if key in self.errors:
+            raise ServerUnavailable(self.errors[key])
+        if self.replay_dir is not None:
+            return self._replay(key)
+        if self.remote and config.engine != "vllm":
+            raise ServerUnavailable(f"--server-url mode measures the given deployment only; config "
+                                    f"{config_name!r} ({config.engine}) needs a server this suite starts")
+        try:
+            server = None if self.remote else self.pool.get(config)
+        except (ServerStartError, ServerUnavailable) as e:
+            self.errors[key] = str(e)
+            raise
+        url = self.server_url or (server.url if server else "")
+        model = self._remote_model() if self.remote else config.name
+        run_index = self._runs_per_config.get(config_name, 0)
+        self._runs_per_config[config_name] = run_index + 1
+        seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
+        specs = workload.specs(self.profile.vocab_size, seed)
+        sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
+        with sampler:
+            result = asyncio.run(run_load(url, model, specs, workload.shape(seed, self.request_timeout_s),
+                                          api_key=self.api_key, progress=self.progress,
+                                          warmup_specs=workload.warmup_specs(self.profile.vocab_size, seed)))
+        warnings = list(result.warnings)
+        if server is not None and not server.is_running():
+            warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
+        m = Measurement(
+            key=key, engine=config.engine, config_name=config_name, config=config.to_dict(),
+            workload=workload.to_dict(), metrics=result.metrics(), telemetry=sampler.summary(),
+            records=result.records, started_at=result.started_at,
+            server_startup_s=server.startup_seconds if server else None, server_url=url,
+            memory_total_gib=psutil.virtual_memory().total / telemetry.GIB,
+            kv_cache=kv_cache_info(url, self.api_key) if config.engine == "vllm" else {}, warnings=warnings,
+            environment={"hardware": self.profile.hardware.profile, "model": self.profile.model.name,
+                         "versions": software_versions(), "gpus": telemetry.gpu_info()},
+            loop_lag_ms_p99=result.loop_lag_ms_p99)
+        if after is not None:
+            after(server, m)
+        m.save(self.results_dir)
+        self.measurements[key] = m
+        return m
+
+    def _replay(self, key: str) -> Measurement:
+        matches = [p for p in find_measurement_files(self.replay_dir) if p.stem == key]  # type: ignore[arg-type]
+        if not matches:
+            raise ServerUnavailable(f"--replay {self.replay_dir} holds no measurement {key!r}: that run did not "
+                                    "measure this config and workload")
+        m = measurement_from_dict(load_measurement(matches[-1]))
+        self.measurements[key] = m
+        return m
+
+    def _remote_model(self) -> str:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.server_url}/v1/models")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())["data"][0]["id"]
+
+    def close(self) -> None:
+        self.pool.stop()
