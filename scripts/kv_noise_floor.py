@@ -21,8 +21,9 @@ from servingbench.studies.kv_accuracy import compare, score_prompts, study_promp
 from servingbench.suite.models import get_profile, materialize
 from servingbench.servers.process import ServerProcess
 from servingbench.studies.common import load_study_params
+from servingbench.suite.defaults import default_studies_path
 
-STUDIES = Path(__file__).resolve().parents[1] / "perf" / "studies.toml"
+STUDIES = default_studies_path(Path(__file__).resolve().parents[1])
 
 
 def main() -> None:

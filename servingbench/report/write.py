@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Sequence
 
 from servingbench.report.data import load_run
+from servingbench.suite.defaults import default_studies_path, default_table_path
 from servingbench.report.recommend import SLOLimits
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- options, assembly, writing --------------------------------------------------------------------------------------
@@ -39,15 +39,14 @@ class ReportOptions:
 
 
 def default_expectations() -> Path | None:
-    for p in (Path("perf/expected_performance.toml"), REPO / "perf" / "expected_performance.toml"):
-        if p.is_file():
-            return p
-    return None
+    path = default_table_path()
+    return path if path.is_file() else None
 
 
 def kv_limits(expectations: Path | None) -> tuple[float, float]:
     """The KV study's own accuracy limits (perf/studies.toml beside the table), else its shipped defaults."""
-    path = (Path(expectations).parent if expectations else REPO / "perf") / "studies.toml"
+    beside = Path(expectations).parent / "studies.toml" if expectations else None
+    path = beside if beside and beside.is_file() else default_studies_path()
     try:
         s = tomllib.loads(path.read_text()).get("kv_cache_dtype", {})
         return float(s.get("min_prompt_top1_agreement", 0.8)), float(s.get("max_prompt_logprob_mae", 0.25))

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from servingbench.plugin.baselines import DEFAULT_TOLERANCE
+from servingbench.plugin.options import DEFAULT_TOLERANCE
 from servingbench.plugin.samples import METRICS
 
 # Here rather than in tests/conftest.py: a non-root conftest defining pytest_plugins fails `pytest .`.
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROFILE = "test-hw-a"
 
 BUILDER = '''
@@ -64,7 +64,6 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["servingbench.plugin.hooks", "servingbench.plugin.baselines"]
 ''' + BUILDER + '''
 
 class StubBench:

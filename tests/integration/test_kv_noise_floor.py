@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_noise_floor_sees_bf16_rounding_and_nothing_more(tmp_path: Path, model_dir: str) -> None:

@@ -18,11 +18,11 @@ from servingbench.servers.logs import engine_refusal, start_failure_log
 from servingbench.studies.offline import OfflineResult, OfflineSpec, offline_env
 from servingbench.suite.models import get_profile
 from servingbench.studies.common import (SCHEMA, StudyConfigError, SweepPoint, find_knee, kv_saving, load_study_params, prefix_findings, record_rows, sweep_findings)
-from servingbench.servers.vllm import PrefixCounters, prefix_counters
+from servingbench.servers.vllm import NO_MULTICAST_ENV, PrefixCounters, prefix_counters
 from servingbench.servers.logs import start_refusal
 from servingbench.measure.telemetry import parse_prometheus
 
-STUDIES_TOML = Path(__file__).resolve().parents[1] / "perf" / "studies.toml"
+STUDIES_TOML = Path(__file__).resolve().parents[2] / "perf" / "studies.toml"
 GIB = 1024**3
 
 
@@ -319,7 +319,7 @@ def test_tp_config_carries_the_size() -> None:
 def test_multi_gpu_servers_start_with_nvlink_multicast_off() -> None:
     profile = RunProfile(Hardware("H200-141GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 1)
     env = dict(profile.server_config("vllm", **tp.server_overrides(2)).env)
-    assert env == dict(tp.NO_MULTICAST_ENV) and env["NCCL_NVLS_ENABLE"] == "0"
+    assert env == dict(NO_MULTICAST_ENV) and env["NCCL_NVLS_ENABLE"] == "0"
     assert not profile.server_config("vllm").env  # one GPU: no collective, nothing to turn off
     # the run-wide size (--tensor-parallel-size 2) gets them too, and a config entry's own env wins
     wide = RunProfile(Hardware("H200-141GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 2)
@@ -379,7 +379,7 @@ def test_offline_spec_checks_and_rates() -> None:
 def test_offline_subprocess_env() -> None:
     tp2 = OfflineSpec("vllm", "/m", "bfloat16", 8, 16, 8, 32000, tensor_parallel_size=2)
     env = offline_env(tp2, {"PATH": "/bin"})
-    assert env["PATH"] == "/bin" and {k: env[k] for k, _ in tp.NO_MULTICAST_ENV} == dict(tp.NO_MULTICAST_ENV)
+    assert env["PATH"] == "/bin" and {k: env[k] for k, _ in NO_MULTICAST_ENV} == dict(NO_MULTICAST_ENV)
     cpu = offline_env(OfflineSpec("vllm", "/m", "float32", 8, 16, 8, 8192, kv_cache_space_gib=2), {})
     assert cpu == {"VLLM_CPU_KVCACHE_SPACE": "2"}  # one device: no multicast settings
 

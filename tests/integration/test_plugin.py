@@ -49,7 +49,7 @@ def project(pytester: pytest.Pytester, entries: str, tests: str = TESTS) -> None
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     results = pytester.path / "results"
-    return pytester.runpytest_subprocess("-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider",
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider",
                                          "--expectations", "expected.toml", "--profile", "test-hw",
                                          "--results-dir", str(results), "-rs", "-v", *args, timeout=600)
 
@@ -79,7 +79,7 @@ def test_one_test_per_bound_failure_names_value_bound_and_location(pytester: pyt
     assert {m["config_name"] for m in summary["measurements"]} == {"hf", "hf-b2"}
     assert len(list((pytester.path / "results" / "measurements").glob("*.json"))) == 2
     # --replay: the same assertions from the saved measurements, on the recorded run's hardware, no server started
-    replayed = pytester.runpytest_subprocess("-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider", "--expectations",
+    replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--expectations",
                                              "expected.toml", "--replay", str(pytester.path / "results"),
                                              "--results-dir", str(pytester.path / "replayed"), "-v", timeout=120)
     replayed.assert_outcomes(passed=3, failed=1)

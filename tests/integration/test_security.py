@@ -29,7 +29,7 @@ from servingbench.servers.vllm import VLLMConfig
 
 pytestmark = pytest.mark.timeout(240)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "cpu-llama-36m"
 API_KEY = "sk-servingbench-test-3f9c1a7e5d"
 HUB_TOKEN = "hf_servingbenchTESTtoken0123456789"

@@ -209,8 +209,8 @@ def test_saturation_warning_reaches_the_measurement_json_and_the_session_summary
     pytester.makepyfile(test_inner=INNER_TEST)
     pytester.makeini("[pytest]\n")
     results = pytester.path / "results"
-    table = Path(__file__).resolve().parents[1] / "perf" / "expected_performance.toml"
-    run = pytester.runpytest_subprocess("-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider", "--server-url",
+    table = Path(__file__).resolve().parents[2] / "perf" / "expected_performance.toml"
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--server-url",
                                         peer.url, "--expectations", str(table), "--results-dir", str(results),
                                         timeout=240)
     run.assert_outcomes(passed=1)

@@ -1,7 +1,7 @@
 """Interrupting pytest must not leave servers behind.
 
 Each test runs a real inner pytest session in a subprocess: a temporary project that loads the plugin the way a
-user's does (``pytest_plugins = ["servingbench.plugin.hooks"]``) and starts a real HF baseline server, through a fixture
+user's does (its entry point, with no conftest) and starts a real HF baseline server, through a fixture
 or through ``bench.measure``. Once the server answers ``/health`` the outer test interrupts the session (Ctrl-C
 to its process group, SIGTERM as a CI runner sends, ``kill -9``, a failing fixture, a second Ctrl-C during a slow
 shutdown) and then reads the process table: the server and every child of it must be gone.
@@ -26,7 +26,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(240)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INNER_TESTS = textwrap.dedent('''
     import json, os, pathlib, time
     import pytest

