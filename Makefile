@@ -23,6 +23,13 @@ test: setup
 BASELINE_NAME ?= baseline
 BASELINE_TESTS ?= perf/test_baselines.py
 
+# Calibration on a quiet machine (README "Calibration"): rounds of the lab load in two server lifetimes, the
+# rounds baseline with each metric's spread (baselines/<key>/rounds.json), and proposed [[expect]] rows for this
+# hardware in perf/expected_performance.toml, to review and commit. GPU: make calibrate ARGS="--gpu"
+.PHONY: calibrate
+calibrate: setup
+	$(PY) -m servingbench.cli calibrate $(ARGS)
+
 .PHONY: baselines compare
 baselines: setup
 	$(PY) -m pytest perf/test_baselines.py --benchmark-save=$(BASELINE_NAME) $(ARGS)

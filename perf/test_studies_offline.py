@@ -43,7 +43,7 @@ def reference_block_size(pytestconfig: pytest.Config) -> int:
 
 
 def spec_for(bench, params: StudyParams, engine: str, block_size: int | None) -> OfflineSpec:
-    p = bench.profile
+    p = bench.settings
     gpu = p.hardware.gpu
     return OfflineSpec(
         engine=engine, model=p.model_path, dtype=p.model.dtype if p.model.kind != "checkpoint" else "auto",

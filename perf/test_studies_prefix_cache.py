@@ -41,7 +41,7 @@ def run(bench, params: StudyParams, mode: str) -> tuple[ServedRun, dict[str, Any
         raise AssertionError(f"{PARAMS} [{STUDY}]: warmup_requests must be 0 (warm-ups would enter the hit rate)")
     r = served_run(bench, CONFIGS[mode], workload, variant(bench, **OVERRIDES[mode]))
     assert r.capacity is not None and r.capacity.block_size, f"{CONFIGS[mode]}: no block size in /metrics"
-    specs = workload.specs(bench.profile.vocab_size, seed=0)  # the mix, not the token values, sets the rate
+    specs = workload.specs(bench.settings.vocab_size, seed=0)  # the mix, not the token values, sets the rate
     counters = r.counters
     row = {"key": mode, "config_name": CONFIGS[mode], "status": "measured",
            "enable_prefix_caching": r.labels.get("enable_prefix_caching"), "block_size": r.capacity.block_size,

@@ -37,7 +37,7 @@ def record(bench, row: dict) -> None:
 
 
 def plan_for(bench, size: int) -> tp.TPPlan:
-    c = bench.profile.model.config
+    c = bench.settings.model.config
     return tp.plan(size, tp.visible_gpu_count(), c.get("num_attention_heads"), c.get("num_key_value_heads"))
 
 

@@ -15,10 +15,10 @@ import json
 from itertools import combinations
 from pathlib import Path
 
-from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.run_settings import RunSettings
 from servingbench.measure.environment import detect
 from servingbench.studies.kv_accuracy import compare, score_prompts, study_prompts
-from servingbench.suite.models import get_profile, materialize
+from servingbench.suite.models import get_model, materialize
 from servingbench.servers.process import ServerProcess
 from servingbench.studies.common import load_study_params
 from servingbench.suite.defaults import default_studies_path
@@ -35,8 +35,8 @@ def main() -> None:
     ap.add_argument("--out", default="results/kv-noise-floor/pairs.jsonl")
     args = ap.parse_args()
     params = load_study_params(STUDIES, "kv_cache_dtype", args.gpu)
-    profile = get_profile(args.model)
-    run = RunProfile(detect(args.gpu), profile, materialize(profile))
+    profile = get_model(args.model)
+    run = RunSettings(detect(args.gpu), profile, materialize(profile))
     prompts = study_prompts(params, run.vocab_size)
     scores = {}
     for dtype in args.dtypes:  # the suite's lab-load vLLM config, in eager mode, with only the dtype changed

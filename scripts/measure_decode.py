@@ -14,7 +14,7 @@ import sys
 
 from servingbench.load.datasets import random_token_prompts
 from servingbench.servers.hf.engine import HFBaselineServer
-from servingbench.suite.models import get_profile, materialize
+from servingbench.suite.models import get_model, materialize
 
 TINY = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 4, "vocab_size": 512}
@@ -28,7 +28,7 @@ def step_ms(engine: HFBaselineServer, batch: int, vocab: int, prompt: int = 128,
 
 
 def main() -> None:
-    chosen = get_profile("cpu-llama-36m")
+    chosen = get_model("cpu-llama-36m")
     tiny = dataclasses.replace(chosen, name="cpu-llama-tiny", config={**chosen.config, **TINY})
     rows = []
     for profile in (tiny, chosen):

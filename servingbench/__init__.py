@@ -1,0 +1,30 @@
+"""servingbench: a pytest + pytest-benchmark performance suite for LLM serving (vLLM against a HF baseline).
+
+The pytest plugin loads from its entry point; this package's face is what a user's own perf test needs: a session
+that starts servers and measures workloads, the records and metrics it produces, and the table's bounds.
+
+    def test_my_config(bench, expectations, measure_or_skip):
+        m = measure_or_skip("vllm", bench.workload(expectations, "lab", "vllm"))
+        assert m.value("median_ttft_ms") < 500
+"""
+
+from servingbench.load.generator import LoadShape, run_load
+from servingbench.load.workload import ConfigError, Workload
+from servingbench.measure.environment import Hardware
+from servingbench.measure.measurement import Measurement, MissingFigure
+from servingbench.measure.metrics import SLO, BenchmarkMetrics, compute_metrics
+from servingbench.measure.records import RequestRecord
+from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.pool import ServerUnavailable
+from servingbench.servers.process import ServerProcess, ServerStartError
+from servingbench.servers.vllm import VLLMConfig
+from servingbench.suite.models import ModelSpec, get_model
+from servingbench.suite.session import BenchSession
+from servingbench.suite.thresholds import Bound, ExpectationTable, check, load_table
+
+__all__ = [
+    "BenchSession", "ServerProcess", "VLLMConfig", "HFConfig", "ServerStartError", "ServerUnavailable",
+    "Workload", "LoadShape", "run_load", "RequestRecord", "BenchmarkMetrics", "SLO", "compute_metrics",
+    "Measurement", "MissingFigure", "Hardware", "ModelSpec", "get_model",
+    "ExpectationTable", "Bound", "load_table", "check", "ConfigError",
+]

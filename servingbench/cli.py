@@ -3,6 +3,7 @@
 
     servingbench serve-hf --model DIR [--port 8000] ...   the HF Transformers baseline, OpenAI API
     servingbench report RESULTS_DIR [...] -o OUT          the performance report (Markdown, PNG, HTML)
+    servingbench calibrate [--gpu] [--rounds 3 --lifetimes 2]   rounds, spread, proposed table rows
 """
 
 from __future__ import annotations
@@ -75,9 +76,59 @@ def add_report_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     add(subparsers)
 
 
+def add_calibrate_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = subparsers.add_parser("calibrate", help="rounds of the lab load: the baseline with its spread, and "
+                              "proposed [[expect]] rows for this hardware",
+                              description="Run on a quiet machine. R rounds per config in each of L server lifetimes "
+                                          "(restarted between lifetimes); writes baselines/<key>/rounds.json and "
+                                          "proposes rows in the table between markers, to review and commit.")
+    p.add_argument("--gpu", action="store_true", help="the GPU profile (vLLM's CUDA build)")
+    p.add_argument("--model", default=None, help="model (default: cpu-llama-36m, or llama-2-7b with --gpu)")
+    p.add_argument("--profile", default=None, help="hardware key to calibrate (default: detected)")
+    p.add_argument("--tensor-parallel-size", type=_positive_int, default=1)
+    p.add_argument("--configs", default="vllm,hf", help="comma-separated configs of the table (default: vllm,hf)")
+    p.add_argument("--rounds", type=_positive_int, default=3, help="rounds per server lifetime (default 3)")
+    p.add_argument("--lifetimes", type=_positive_int, default=2, help="server lifetimes (default 2)")
+    p.add_argument("--expectations", default=None, help="the table (default: perf/expected_performance.toml)")
+    p.add_argument("--baseline-dir", default="baselines", help="where <key>/rounds.json goes (default: baselines)")
+    p.add_argument("--results-dir", default=None, help="measurements and logs (default: results/calibrate-<time>)")
+    p.add_argument("--no-write", action="store_true", help="print the proposed rows; leave the table alone")
+    p.set_defaults(handler=cmd_calibrate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from servingbench.load.workload import ConfigError
+    from servingbench.servers.pool import ServerUnavailable
+    from servingbench.servers.process import ServerStartError
+    from servingbench.suite.calibrate import CalibrationOptions, run
+    from servingbench.suite.defaults import default_table_path
+    from servingbench.suite.models import ModelError
+
+    opts = CalibrationOptions(gpu=args.gpu, model=args.model, hardware_key=args.profile,
+                              tensor_parallel_size=args.tensor_parallel_size,
+                              table=Path(args.expectations) if args.expectations else default_table_path(),
+                              baseline_dir=Path(args.baseline_dir),
+                              results_dir=Path(args.results_dir) if args.results_dir else None,
+                              configs=tuple(c for c in args.configs.split(",") if c), rounds=args.rounds,
+                              lifetimes=args.lifetimes, write_table=not args.no_write,
+                              api_key=os.environ.get(API_KEY_ENV) or None)
+    try:
+        _, rows, saved = run(opts, log=lambda line: print(line, flush=True))
+    except (ConfigError, ModelError, ServerStartError, ServerUnavailable, RuntimeError, OSError) as e:
+        print(f"servingbench calibrate: error: {e}", file=sys.stderr)
+        return 1
+    print(rows)
+    print(f"rounds: {saved}" + ("" if args.no_write else f"\nproposed rows written to {opts.table} (review, "
+                                                            "then commit)"))
+    return 0
+
+
 SUBCOMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     add_serve_hf_parser,
     add_report_parser,
+    add_calibrate_parser,
 ]
 
 

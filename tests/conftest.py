@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from servingbench.suite.models import get_profile, materialize
+from servingbench.suite.models import get_model, materialize
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerProcess
 
@@ -16,7 +16,7 @@ from servingbench.servers.process import ServerProcess
 @pytest.fixture(scope="session")
 def model_dir() -> str:
     """The seeded 36M Llama of the CPU profile, built on first use and cached (no download)."""
-    return materialize(get_profile("cpu-llama-36m"))
+    return materialize(get_model("cpu-llama-36m"))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
-"""Hardware profiles: the key under which thresholds and baselines are kept.
+"""Where a figure was measured: the hardware key and identity, and the software versions.
 
-A GPU run is keyed by the GPU's short name and memory ("H100-80GB", "A100-40GB", with "-x2" for two), a CPU run
-by core count and vector ISA ("cpu-2c-avx2"): numbers measured on one are not expectations for another.
+The key ("H100-SXM-80GB", "H200-SXM-140GB", "cpu-2c-amx", with "-x2" for two GPUs) names the rows and the baseline
+folder a run uses. The identity is finer and is what decides whether two figures compare: the GPU's SKU (an H100
+PCIe card has 0.6x the bandwidth of an SXM one), the GPUs used, and on a CPU the vendor, family and model, the
+vector ISA and the cores.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import os
 import platform
 import re
 import sys
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +22,83 @@ from servingbench.measure import telemetry
 
 @dataclass(frozen=True)
 class Hardware:
-    profile: str  # the key for thresholds and baselines
+    key: str  # the hardware key for thresholds and baselines ("H100-SXM-80GB", "cpu-2c-amx")
     gpu: bool
     gpu_name: str | None = None
-    gpu_count: int = 0
+    gpu_count: int = 0  # GPUs visible
     gpu_memory_gib: float | None = None
     driver: str | None = None
-    cpu: str = ""
-    cores: int = 0
+    cpu: str = ""  # the CPU's model name
+    cores: int = 0  # cores this process may run on
+    gpu_sku: str | None = None  # "H100-SXM-80GB": model, form factor and memory
+    gpus_used: int = 1  # GPUs a server of this run uses (tensor parallel size)
+    cpu_family: str = ""  # "GenuineIntel family 6 model 207": what a CPU figure depends on besides the ISA
+    isa: str = ""  # the widest vector ISA: amx, avx512, avx2, or the machine's architecture
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def device_class(self) -> str:
+        """"gpu" or "cpu": which portable tier of the expectations applies."""
+        return "gpu" if self.gpu else "cpu"
 
-def short_gpu_name(name: str, memory_gib: float) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'H100-80GB'; 'NVIDIA A100-SXM4-40GB' -> 'A100-40GB'."""
-    model = re.search(r"\b([A-Z]{1,3}\d{2,4}[A-Za-z]?)\b", name.replace("NVIDIA", ""))
+    @property
+    def engine_threads(self) -> int:
+        """CPU threads an engine computes on: vLLM's CPU build reserves one core for itself, and the HF baseline
+        is given the same number so that the comparison is fair."""
+        return max(1, self.cores - 1) if self.cores else 1
+
+    def identity(self) -> dict[str, Any]:
+        """What must be equal for two figures to compare (the key is coarser)."""
+        if self.gpu:
+            return {"device": "gpu", "gpu_sku": self.gpu_sku or self.gpu_name, "gpus_used": self.gpus_used}
+        return {"device": "cpu", "cpu_family": self.cpu_family or self.cpu, "isa": self.isa, "cores": self.cores}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("details")
+        return {**d, "identity": self.identity()}
+
+
+def gpu_form_factor(name: str) -> str:
+    """The form factor NVML's name implies: PCIe, NVL or SXM ("" when the name does not say)."""
+    n = name.upper()
+    if "PCIE" in n:
+        return "PCIe"
+    if "NVL" in n:
+        return "NVL"
+    if "SXM" in n or re.search(r"\bH100\b.*\bHBM3\b", n) or re.fullmatch(r"\s*(NVIDIA\s+)?(H100|H200|B200|GH200)\s*", n):
+        return "SXM"  # 'NVIDIA H100 80GB HBM3' and plain 'NVIDIA H200' are the SXM parts
+    return ""
+
+
+def gpu_sku(name: str, memory_gib: float) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100-SXM-80GB'; 'NVIDIA H100 PCIe' -> 'H100-PCIe-80GB'; 'NVIDIA A100-SXM4-40GB'
+    -> 'A100-SXM-40GB'; 'NVIDIA H200' -> 'H200-SXM-140GB'; a name with no known form factor -> 'L4-22GB'."""
+    model = re.search(r"\b([A-Z]{1,3}\d{1,4}[A-Za-z]?)\b", name.replace("NVIDIA", ""))
     size = re.search(r"(\d+)\s*GB", name)
     gb = int(size.group(1)) if size else int(round(memory_gib))
-    return f"{model.group(1) if model else name.strip().replace(' ', '-')}-{gb}GB"
+    form = gpu_form_factor(name)
+    base = model.group(1) if model else name.strip().replace(" ", "-")
+    return f"{base}-{form}-{gb}GB" if form else f"{base}-{gb}GB"
 
 
-def cpu_isa() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} elsewhere)."""
+    out: dict[str, str] = {}
     try:
-        flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                out[k.strip()] = v.strip()
     except OSError:
-        flags = ""
+        pass
+    return out
+
+
+def cpu_isa(flags: str | None = None) -> str:
+    flags = _cpuinfo().get("flags", "") if flags is None else flags
     for isa in ("amx_tile", "avx512f", "avx2"):
         if isa in flags.split():
             return {"amx_tile": "amx", "avx512f": "avx512"}.get(isa, isa)
@@ -51,35 +106,43 @@ def cpu_isa() -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return _cpuinfo().get("model name") or platform.processor()
+
+
+def cpu_family() -> str:
+    info = _cpuinfo()
+    if "cpu family" not in info:
+        return platform.processor() or platform.machine()
+    return f"{info.get('vendor_id', '?')} family {info['cpu family']} model {info.get('model', '?')}"
 
 
 def detect(gpu: bool, override: str | None = None, tensor_parallel_size: int = 1) -> Hardware:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpu = {"cpu": cpu_model(), "cores": cores, "cpu_family": cpu_family(), "isa": cpu_isa()}
     if gpu:
         gpus = telemetry.gpu_info()
         if not gpus:
             raise RuntimeError("--gpu was given but pynvml sees no NVIDIA GPU")
         first = gpus[0]
         used = max(1, tensor_parallel_size)
-        key = short_gpu_name(first["name"], first["memory_total_gib"]) + (f"-x{used}" if used > 1 else "")
+        sku = gpu_sku(first["name"], first["memory_total_gib"])
+        key = sku + (f"-x{used}" if used > 1 else "")
         return Hardware(override or key, True, first["name"], len(gpus), first["memory_total_gib"],
-                        first["driver"], cpu_model(), cores)
-    return Hardware(override or f"cpu-{cores}c-{cpu_isa()}", False, cpu=cpu_model(), cores=cores)
+                        first["driver"], gpu_sku=sku, gpus_used=used, **cpu)
+    return Hardware(override or f"cpu-{cores}c-{cpu['isa']}", False, **cpu)
 
 
 def from_environment(env: dict[str, Any], override: str | None = None) -> Hardware:
     """The hardware a saved measurement was taken on (its ``environment``), for replaying it elsewhere."""
+    saved = env.get("hardware_identity") or {}
+    if saved:
+        fields = {k: v for k, v in saved.items() if k in Hardware.__dataclass_fields__ and k != "details"}
+        return Hardware(**{**fields, "key": override or env["hardware"]})
     gpus = env.get("gpus") or []
     first = gpus[0] if gpus else {}
     return Hardware(override or env["hardware"], bool(gpus), first.get("name"), len(gpus),
-                    first.get("memory_total_gib"), first.get("driver"))
+                    first.get("memory_total_gib"), first.get("driver"),
+                    gpu_sku=gpu_sku(first["name"], first.get("memory_total_gib") or 0) if first.get("name") else None)
 
 
 def package_version(*names: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.metrics import BenchmarkMetrics
@@ -18,6 +18,16 @@ from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
 
 SCHEMA = "servingbench.measurement/1"
+STUDY_SCHEMA = "servingbench.study/1"  # a study's rows and findings (studies/common.py writes them)
+
+
+class MissingFigure(LookupError):
+    """A figure the run does not have: no successful request measured it. Every bound on it fails."""
+
+
+# Figures that stay meaningful when no request succeeded (counts, and what telemetry saw of the server).
+_WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests", "memory_utilization",
+                    "gpu_memory_used_gib", "rss_peak_gib", "memory_gib", "gpu_utilization"}
 
 
 @dataclass
@@ -42,24 +52,32 @@ class Measurement:
     loop_lag_ms_p99: float = 0.0
 
     def value(self, name: str) -> float:
-        """A flat figure by name: any vLLM-style metric field, or a telemetry-derived one."""
+        """A flat figure by name: any vLLM-style metric field, or a telemetry-derived one.
+
+        Raises ``MissingFigure`` for a figure no successful request measured (an all-failed run has no TTFT, not a
+        TTFT of 0), and KeyError for an unknown name."""
         flat = self.metrics.to_vllm_json()
-        if name in flat and isinstance(flat[name], (int, float)):
-            return float(flat[name])
         t = self.telemetry
         derived = {
             "memory_utilization": (max(t.gpu_memory_utilization_peak) if t.gpu_memory_utilization_peak
                                    else (t.rss_peak_gib / self.memory_total_gib if self.memory_total_gib else 0.0)),
             "gpu_memory_used_gib": max(t.gpu_memory_used_peak_gib, default=0.0),
+            "memory_gib": max(t.gpu_memory_used_peak_gib, default=0.0) or t.rss_peak_gib,
             "gpu_utilization": max(t.gpu_utilization_mean, default=0.0),
             "rss_peak_gib": t.rss_peak_gib,
-            "seconds_per_output_token": 1.0 / flat["output_throughput"] if flat["output_throughput"] else float("inf"),
+            "seconds_per_output_token": 1.0 / flat["output_throughput"] if flat["output_throughput"] else None,
             "failure_rate": flat["failed"] / max(1, flat["completed"] + flat["failed"]),
         }
-        if name in derived:
-            return float(derived[name])
-        raise KeyError(f"unknown metric {name!r}; known: {sorted(k for k, v in flat.items() if isinstance(v, (int, float)))}"
-                       f" and {sorted(derived)}")
+        if name not in derived and not (name in flat and (flat[name] is None or isinstance(flat[name], (int, float)))):
+            raise KeyError(f"unknown metric {name!r}; known: "
+                           f"{sorted(k for k, v in flat.items() if v is None or isinstance(v, (int, float)))}"
+                           f" and {sorted(derived)}")
+        v = derived[name] if name in derived else flat[name]
+        if v is None or (self.metrics.completed == 0 and name not in _WITHOUT_SUCCESS):
+            errors = ", ".join(f"{k} x{n}" for k, n in self.metrics.errors.items()) or "none recorded"
+            raise MissingFigure(f"{name}: no successful requests ({self.metrics.completed} completed, "
+                                f"{self.metrics.failed} failed; errors: {errors})")
+        return float(v)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,7 +119,7 @@ def find_measurement_files(results_dir: Path | str) -> list[Path]:
 def _is_measurement(path: Path) -> bool:
     try:
         with open(path) as fh:
-            return '"schema": "servingbench.measurement/1"' in fh.read(200)
+            return f'"schema": "{SCHEMA}"' in fh.read(200)
     except OSError:
         return False
 
@@ -119,3 +137,8 @@ def load_measurement(path: Path | str) -> dict[str, Any]:
     if data.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a servingbench measurement (schema {data.get('schema')!r})")
     return data
+
+
+def measured_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A study's rows that were measured (not skipped or refused); a row without a status was measured."""
+    return [r for r in rows if r.get("status", "measured") == "measured"]

@@ -8,6 +8,7 @@ divide by the wall-clock duration of the run; goodput counts requests per second
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -48,8 +49,10 @@ class Distribution:
 
     @classmethod
     def of(cls, seconds: Sequence[float]) -> "Distribution":
+        """An empty sample is missing (NaN, count 0), never zeros: zeros would pass every ``max`` bound."""
         if len(seconds) == 0:
-            return cls(0.0, 0.0, 0.0, 0.0, 0.0, {p: 0.0 for p in PERCENTILES}, 0)
+            nan = math.nan
+            return cls(nan, nan, nan, nan, nan, {p: nan for p in PERCENTILES}, 0)
         ms = np.asarray(seconds, dtype=float) * 1000.0
         return cls(float(ms.mean()), float(np.median(ms)), float(ms.std()), float(ms.min()), float(ms.max()),
                    {p: float(np.percentile(ms, p)) for p in PERCENTILES}, int(ms.size))
@@ -82,11 +85,12 @@ class BenchmarkMetrics:
         }
         for name in LATENCY_METRICS + ("queue_time",):
             d: Distribution = getattr(self, name)
-            out[f"mean_{name}_ms"] = d.mean
-            out[f"median_{name}_ms"] = d.median
-            out[f"std_{name}_ms"] = d.std
+            missing = d.count == 0  # JSON has no NaN: an empty distribution is written as null
+            out[f"mean_{name}_ms"] = None if missing else d.mean
+            out[f"median_{name}_ms"] = None if missing else d.median
+            out[f"std_{name}_ms"] = None if missing else d.std
             for p, v in d.percentiles.items():
-                out[f"p{p}_{name}_ms"] = v
+                out[f"p{p}_{name}_ms"] = None if missing else v
         return out
 
 
@@ -136,3 +140,12 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO 
         queue_time=Distribution.of([r.queue_time for r in records if r.start > 0]),
         errors=errors,
     )
+
+
+def batch_efficiency(loaded_throughput: float, single_throughput: float, concurrency: int) -> float | None:
+    """Throughput at concurrency C over C x single-stream throughput: 1.0 is perfect batching, 1/C none at all.
+
+    None when it is undefined (no single-stream throughput, or C < 2)."""
+    if concurrency < 2 or not single_throughput:
+        return None
+    return loaded_throughput / (concurrency * single_throughput)

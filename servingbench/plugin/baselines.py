@@ -48,7 +48,7 @@ def choose_storage(config: pytest.Config, state: PluginState) -> None:
     stores = any(getattr(opt, k, None) for k in ("benchmark_save", "benchmark_autosave", "benchmark_compare"))
     if stores and getattr(opt, "benchmark_storage", None) == BENCHMARK_STORAGE_DEFAULT:
         root = Path(config.getoption("--baseline-dir") or Path(config.rootpath) / "baselines")
-        opt.benchmark_storage = f"file://{root.resolve() / state.hardware.profile}"
+        opt.benchmark_storage = f"file://{root.resolve() / state.hardware.key}"
         state.baselines.storage_defaulted = True
 
 
@@ -58,7 +58,7 @@ def check_before_start(session: pytest.Session, state: PluginState) -> None:
     bs = getattr(session.config, "_benchmarksession", None)
     if _compare_fail_active(session.config) is not None and not bs.compared_mapping:
         raise pytest.UsageError(f"--benchmark-compare-fail: no baseline to compare with in {bs.storage}"
-                                + (f" (hardware profile {state.hardware.profile})" if
+                                + (f" (hardware profile {state.hardware.key})" if
                                    state.baselines.storage_defaulted else "") + f"; {RECORD_HINT}")
     if state.baselines.storage_defaulted and bs is not None and hasattr(bs.storage, "default_machine_id"):
         bs.storage.default_machine_id = None
@@ -96,9 +96,9 @@ def _servingbench_info(config: pytest.Config, state: PluginState) -> dict[str, A
         gpus = telemetry.gpu_info() if hardware.gpu else []
         versions = software_versions(load_torch=False)
     state.baselines.info = {
-        "hardware_profile": hardware.profile, "model_profile": model.name,
+        "hardware_profile": hardware.key, "model_profile": model.name,
         "tensor_parallel_size": config.getoption("--tensor-parallel-size", default=1),
-        "cpu": hardware.cpu, "cores": hardware.cores,
+        "cpu": hardware.cpu, "cores": hardware.cores, "identity": hardware.identity(),
         "gpu_name": gpus[0]["name"] if gpus else None, "gpu_count": len(gpus),
         "gpu_memory_gib": round(gpus[0]["memory_total_gib"], 1) if gpus else None,
         "driver": gpus[0]["driver"] if gpus else None,
@@ -127,6 +127,19 @@ def check_machine_info(config: pytest.Config, state: PluginState, benchmarksessi
                 f"is {what} {ours.get(key)!r}; its numbers are no expectation for this run. Compare against "
                 f"baselines/{ours.get('hardware_profile')} (the default without --benchmark-storage; {RECORD_HINT}), "
                 f"or pass --profile {theirs.get('hardware_profile')} if this machine is that profile")
+    mine, recorded = ours.get("identity"), theirs.get("identity")
+    if recorded is None:
+        state.baselines.notes.append(f"the baseline in {where} records no hardware identity (made before it was "
+                                     "kept): compared by hardware key alone")
+    elif recorded != mine:
+        differs = ", ".join(f"{k} {recorded.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(recorded) | set(mine))
+                            if recorded.get(k) != mine.get(k))
+        if not config.getoption("--profile", default=None):
+            raise pytest.UsageError(
+                f"refusing to compare: the baseline in {where} has this hardware key but was recorded on other "
+                f"hardware ({differs}); figures of one are no expectation for the other. Record a baseline here "
+                f"({RECORD_HINT}), or pass --profile {ours.get('hardware_profile')} to compare anyway")
+        state.baselines.notes.append(f"--profile given: compared with a baseline of other hardware ({differs})")
     changed = [f"{k} {theirs.get(k)} -> {ours.get(k)}" for k in ("vllm", "torch", "transformers", "cuda", "driver")
                if theirs.get(k) != ours.get(k)]
     if changed:
@@ -240,7 +253,7 @@ def write_terminal_summary(terminalreporter: Any, config: pytest.Config, state: 
         return
     tr = terminalreporter
     tr.section("servingbench baselines")
-    profile = f" (hardware profile {state.hardware.profile})" if state.baselines.storage_defaulted else ""
+    profile = f" (hardware profile {state.hardware.key})" if state.baselines.storage_defaulted else ""
     tr.write_line(f"storage: {bs.storage}{profile}")
     if bs.compare:
         checks = ", ".join(_describe_check(c) for c in bs.compare_fail or ()) or "none (report only)"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
+from servingbench.suite.efficiency import DevicePeaks, gpus_used
 from servingbench.suite.models import materialize
+from servingbench.measure.measurement import Measurement
 from servingbench.plugin.state import state_of
 from servingbench.servers.pool import ServerUnavailable
-from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
 from servingbench.suite.thresholds import ExpectationTable
 
@@ -26,7 +28,7 @@ def session_of(config: pytest.Config) -> BenchSession:
         results = config.getoption("--results-dir") or Path(config.rootpath) / "results" / time.strftime("%Y%m%d-%H%M%S")
         replay = config.getoption("--replay")
         state.session = BenchSession(
-            profile=RunProfile(state.hardware, state.model, materialize(state.model), tp),
+            settings=RunSettings(state.hardware, state.model, materialize(state.model), tp),
             results_dir=Path(results), configs=state.table.configs, api_key=config.getoption("--api-key"),
             server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
             startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"),
@@ -59,3 +61,10 @@ def measure_or_skip(bench: BenchSession) -> Any:
                 pytest.skip(str(e))
             pytest.fail(str(e), pytrace=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def hardware_peaks(pytestconfig: pytest.Config) -> Callable[[Measurement], DevicePeaks | None]:
+    """``peaks(m)``: the peak bandwidth MBU divides by for measurement ``m`` (the GPUs its server used)."""
+    state = state_of(pytestconfig)
+    return lambda m: state.peaks(gpus_used(m))

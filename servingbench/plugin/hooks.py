@@ -16,7 +16,7 @@ import pytest
 
 from servingbench.plugin import baselines
 from servingbench.plugin.options import add_options
-from servingbench.plugin.state import STATE, resolve, state_of
+from servingbench.plugin.state import STATE, PluginState, resolve, state_of
 from servingbench.report.summary import text_table, write_summary
 from servingbench.servers.process import ServerProcess
 from servingbench.suite.thresholds import Bound
@@ -57,16 +57,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bound" not in metafunc.fixturenames:
         return
     state = state_of(metafunc.config)
-    hardware, model = state.hardware, state.model
-    bounds: list[Bound] = state.table.for_run(hardware.profile, model.name) if state.table else []
+    bounds = state.bounds()
     if bounds:
         metafunc.parametrize("bound", bounds, ids=[b.test_id for b in bounds])
     else:
-        known = ", ".join(state.table.hardware_profiles()) if state.table else "none"
-        reason = (f"no thresholds apply: the table has no entry for hardware "
-                  f"{hardware.profile} and model {model.name} (it has: {known}); "
-                  "the measurements still run and are reported")
+        reason = f"no thresholds apply: {_tiers(state)}; the measurements still run and are reported"
         metafunc.parametrize("bound", [pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=["none"])
+
+
+def _tiers(state: PluginState) -> str:
+    """Which tiers of the table apply to this run, and how to add exact rows where there are none."""
+    bounds = state.bounds()
+    exact = sum(b.tier == "exact" for b in bounds)
+    portable = len(bounds) - exact
+    hw, model = state.hardware, state.model.name
+    text = (f"hardware {hw.key} with model {model}: {exact} exact bound(s), {portable} portable bound(s) "
+            f"(any-{hw.device_class})")
+    if not exact and state.table is not None:
+        text += (f"; the table has no exact rows for {hw.key} (it has: {', '.join(state.table.hardware_keys())}); "
+                 f"to add them, run `make calibrate` (servingbench calibrate) on a quiet machine and review the "
+                 f"[[expect]] rows it proposes in {state.table.path}")
+    return text
 
 
 def _needs(item: pytest.Item) -> tuple[str, ...]:
@@ -99,7 +110,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.perf)
         for name in item.stash[NEEDS][:1]:
             order.setdefault(name, len(order))
-    items.sort(key=lambda it: (len(it.stash[NEEDS]) > 1, order.get(it.stash[NEEDS][0], -1) if it.stash[NEEDS] else -1))
+    grouped = {it.stash[NEEDS][0] for it in items if len(it.stash[NEEDS]) == 1}
+
+    def key(it: pytest.Item) -> tuple[bool, int, bool]:
+        """A test that needs several configs runs at the end (their measurements are cached by then), unless its
+        other configs have no group of their own: then it runs at the end of its first config's group, while that
+        server is still up (the prefix-caching ratio measures vllm, then starts vllm-no-prefix)."""
+        needs = it.stash[NEEDS]
+        if not needs:
+            return (False, -1, False)
+        late = len(needs) > 1 and any(n in grouped for n in needs[1:])
+        return (late, order.get(needs[0], -1), len(needs) > 1)
+
+    items.sort(key=key)
     state.items = list(items)
 
 
@@ -109,7 +132,20 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    state_of(session.config).baselines.collected = {i.nodeid for i in session.items}
+    """Note what was collected (the baseline store checks it); measure the peak bandwidth now, before any server
+    holds the machine, when a selected MBU bound needs it and no datasheet figure is known."""
+    state = state_of(session.config)
+    state.baselines.collected = {i.nodeid for i in session.items}
+    if session.config.option.collectonly:
+        return
+    wanted = {b.base_metric for i in session.items if isinstance(b := _bound_of(i), Bound)}
+    if wanted & {"mbu", "single_stream_mbu"}:
+        state.peaks(state.tensor_parallel_size if state.gpu else 1)
+
+
+def _bound_of(item: pytest.Item) -> Bound | None:
+    params = getattr(item, "callspec", None)
+    return params.params.get("bound") if params else None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -177,19 +213,17 @@ def _session_summary(tr: Any, config: pytest.Config) -> None:
     session = state.session
     if session is None or not (session.measurements or session.errors):
         return
-    p = session.profile
-    tr.section(f"servingbench: {p.hardware.profile} / {p.model.name}")
+    p = session.settings
+    tr.section(f"servingbench: {p.hardware.key} / {p.model.name}")
     measured = list(session.measurements.values())
     if measured:
         tr.write_line(text_table(measured))
     notes = [w for m in measured for w in m.warnings]
-    if state.table and not state.table.for_run(p.hardware.profile, p.model.name):
-        notes.append(f"no thresholds apply to hardware {p.hardware.profile} with model {p.model.name}: "
-                     f"add [[expect]] entries to {state.table.path} to assert on these figures")
+    notes.append(f"thresholds: {_tiers(state)}")
     notes += [f"{key}: {err.splitlines()[0]}" for key, err in session.errors.items()]
     for n in notes:
         tr.write_line(f"note: {n}")
-    write_summary(session.results_dir, measured, {"hardware": p.hardware.profile, "model": p.model.name,
+    write_summary(session.results_dir, measured, {"hardware": p.hardware.key, "model": p.model.name,
                                                    "results_dir": str(session.results_dir)}, notes)
     tr.write_line(f"results: {session.results_dir}")
     if config.getoption("--report") or config.getoption("--report-dir"):

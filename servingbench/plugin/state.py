@@ -17,10 +17,11 @@ import pytest
 from servingbench.load.workload import ConfigError
 from servingbench.measure import environment as hw
 from servingbench.measure.measurement import replay_environment
-from servingbench.suite.models import ModelProfile, ProfileError, get_profile
+from servingbench.suite.efficiency import DevicePeaks, find_peaks, load_peak_table, probed_peaks
+from servingbench.suite.models import ModelSpec, ModelError, get_model
 from servingbench.suite.session import BenchSession
 from servingbench.suite.defaults import default_table_path
-from servingbench.suite.thresholds import ExpectationTable, load_table
+from servingbench.suite.thresholds import Bound, ExpectationTable, load_table
 
 
 @dataclass
@@ -39,13 +40,29 @@ class BaselineState:
 class PluginState:
     gpu: bool
     hardware: hw.Hardware
-    model: ModelProfile
+    model: ModelSpec
     table_path: Path
     table: ExpectationTable | None
     replay_env: dict[str, Any] | None = None  # environment of the run a --replay directory holds
+    tensor_parallel_size: int = 1
     session: BenchSession | None = None
     items: list[pytest.Item] = field(default_factory=list)
     baselines: BaselineState = field(default_factory=BaselineState)
+    _peaks: dict[int, DevicePeaks | None] = field(default_factory=dict)
+
+    def bounds(self) -> list[Bound]:
+        """The bounds this run asserts: the exact rows of its hardware key and the portable tier of its class."""
+        return self.table.for_run(self.hardware, self.model.name) if self.table else []
+
+    def peaks(self, gpus: int = 1) -> DevicePeaks | None:
+        """Peak bandwidth (and FLOP/s) for MBU: hardware_peaks.toml's entry for this hardware, else measured here
+        once by a short probe and cached per machine (a replayed run's machine cannot be probed: None)."""
+        if gpus not in self._peaks:
+            found = find_peaks(self.hardware.key, self.hardware.gpu_name, load_peak_table(), count=gpus)
+            if found is None and self.replay_env is None:
+                found = probed_peaks(self.hardware, gpus)
+            self._peaks[gpus] = found
+        return self._peaks[gpus]
 
 
 STATE = pytest.StashKey[PluginState]()
@@ -91,8 +108,8 @@ def resolve(config: pytest.Config) -> PluginState:
         hardware = hw.detect(gpu, config.getoption("--profile"), tp)
         model_name = config.getoption("--model") or ("llama-2-7b" if gpu else "cpu-llama-36m")
     try:
-        model = get_profile(model_name)
-    except ProfileError as e:
+        model = get_model(model_name)
+    except ModelError as e:
         raise pytest.UsageError(str(e)) from None
     given = config.getoption("--expectations")
     table_path = Path(given) if given else default_table_path(Path(config.rootpath))
@@ -105,4 +122,4 @@ def resolve(config: pytest.Config) -> PluginState:
             table = load_table(table_path)
         except ConfigError as e:
             raise pytest.UsageError(str(e)) from None
-    return PluginState(gpu, hardware, model, table_path, table, replay_env)
+    return PluginState(gpu, hardware, model, table_path, table, replay_env, tensor_parallel_size=tp)

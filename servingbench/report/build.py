@@ -7,17 +7,25 @@ computes from the data; a section without data says "not measured in this run".
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from servingbench.measure.measurement import Measurement
 from servingbench.suite import efficiency as eff
 from servingbench.report import figures
-from servingbench.report.recommend import (Recommendation, block_size_advice, goodput, kv_demand_tokens, kv_quant_advice, prefix_cache_advice, recommend_concurrency, recommend_config, times)
+from servingbench.report.recommend import (Recommendation, block_size_advice, figure, goodput, kv_demand_tokens,
+                                           kv_quant_advice, prefix_cache_advice, recommend_concurrency,
+                                           recommend_config, times, tput)
 from servingbench.report.doc import Doc, fmt
-from servingbench.report.write import ReportOptions, kv_limits
-from servingbench.report.data import Row, RunData, batch_efficiency, conc, flat_value, headlines, sweep_groups
+from servingbench.report.data import (ReportOptions, RunData, batch_efficiency, conc, headlines, kv_limits, requests,
+                                      sweep_groups, workload_name)
 from servingbench.report.studies import study_sections
+
+if TYPE_CHECKING:
+    from servingbench.load.workload import Workload
+    from servingbench.measure.environment import Hardware
 
 # (key, label, format, better): better "high"/"low" gives an improvement factor, None gives none
 COMPARE = [
@@ -41,26 +49,31 @@ COMPARE = [
 ]
 
 
-def label(m: Row) -> str:
-    w = m["workload"]
-    return f"{w['name']} c{w.get('concurrency') or 'inf'} n{w['num_requests']} {w['prompt_len']}/{w['output_len']}"
+def label(m: Measurement) -> str:
+    w = m.workload
+    return f"{w.get('name')} c{w.get('concurrency') or 'inf'} n{w.get('num_requests')} " \
+           f"{w.get('prompt_len')}/{w.get('output_len')}"
 
 
-def baseline_of(heads: dict[str, Row], wanted: str | None) -> str | None:
+def baseline_of(heads: dict[str, Measurement], wanted: str | None) -> str | None:
     if wanted:
         if wanted not in heads:
             raise ValueError(f"baseline config {wanted!r} has no measurement (configs: {', '.join(heads) or 'none'})")
         return wanted
     if "hf" in heads:
         return "hf"
-    return next((c for c, m in heads.items() if m["engine"] == "hf"), None) or (
-        min(heads, key=lambda c: heads[c]["output_throughput"]) if len(heads) > 1 else None)
+    return next((c for c, m in heads.items() if m.engine == "hf"), None) or (
+        min(heads, key=lambda c: tput(heads[c])) if len(heads) > 1 else None)
 
 
-def headline_values(m: Row, ms: Sequence[Row], e: eff.Efficiency | str, slo: Any) -> dict[str, float | None]:
-    values = {k: flat_value(m, k) for k, *_ in COMPARE}
-    values["gpu_utilization"] = values["gpu_utilization"] if (m.get("telemetry") or {}).get("gpu_utilization_mean") \
-        else None
+def headline_values(m: Measurement, ms: Sequence[Measurement], e: eff.Efficiency | str,
+                    slo: Any) -> dict[str, float | None]:
+    values = {k: figure(m, k) for k, *_ in COMPARE}
+    t = m.telemetry
+    if not t.gpu_utilization_mean:  # no GPU sampled: not a utilization of 0
+        values["gpu_utilization"] = None
+    if not (t.gpu_memory_utilization_peak or m.memory_total_gib):  # neither GPU nor host memory size known
+        values["memory_utilization"] = None
     values["batch_efficiency"] = batch_efficiency(m, ms)
     values["goodput"] = goodput(m, slo).request_goodput
     values["mbu"] = e.mbu if isinstance(e, eff.Efficiency) else None
@@ -75,12 +88,12 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
     effs: dict[str, eff.Efficiency | str] = {}
     for m in ms:
         try:
-            effs[m["key"]] = eff.measurement_efficiency(m, devices)
+            effs[m.key] = eff.measurement_efficiency(m, eff.peaks_for(m, devices))
         except eff.EfficiencyError as e:
-            effs[m["key"]] = str(e)
+            effs[m.key] = str(e)
     heads = headlines(ms, opts.workload)
     base = baseline_of(heads, opts.baseline)
-    vals = {c: headline_values(m, ms, effs[m["key"]], opts.slo) for c, m in heads.items()}
+    vals = {c: headline_values(m, ms, effs[m.key], opts.slo) for c, m in heads.items()}
     groups = sweep_groups(ms, list(heads))
     recs = recommendations(data, opts, heads, groups, effs)
 
@@ -109,7 +122,7 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
         doc.p("Batch efficiency divides throughput at the run's concurrency C by C x the same config's single-stream "
               "throughput (n/a without a concurrency-1 run of the same lengths). Goodput counts requests per second "
               "whose own TTFT and TPOT met the SLO, recomputed from the request records.")
-        items = [figures.ConfigBars(c, heads[c]["engine"], vals[c]) for c in heads]
+        items = [figures.ConfigBars(c, heads[c].engine, vals[c]) for c in heads]
         doc.fig(figures.comparison(items, [("output_throughput", "output throughput", "tokens/s"),
                                            ("p99_ttft_ms", "TTFT p99", "ms"),
                                            ("median_tpot_ms", "TPOT p50", "ms per output token"),
@@ -118,7 +131,7 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
                 "Headline figures per config at the comparison load (log scale where they differ > 20x).")
 
     doc.h(2, "Expected performance (pass/fail per bound)")
-    exp_rows, note = expectation_rows(opts.expectations, data)
+    exp_rows, note = expectation_rows(opts.expectations, data, devices)
     doc.p(note)
     if exp_rows:
         doc.table(["config", "metric", "bound", "measured", "result", "threshold at"], exp_rows)
@@ -135,17 +148,18 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
     doc.h(2, "All measurements")
     doc.table(["key", "engine", "ok/fail", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "E2EL p99 ms",
                "MBU", "MFU"],
-              [[m["key"], m["engine"], f"{m['completed']}/{m['failed']}", fmt(m["output_throughput"]),
-                fmt(m["median_ttft_ms"]), fmt(m["p99_ttft_ms"]), fmt(m["median_tpot_ms"], "{:.2f}"),
-                fmt(m["p99_e2el_ms"], "{:.0f}"), fmt(getattr(effs[m["key"]], "mbu", None), "{:.1%}"),
-                fmt(getattr(effs[m["key"]], "mfu", None), "{:.2%}")] for m in ms])
+              [[m.key, m.engine, f"{m.metrics.completed}/{m.metrics.failed}", fmt(tput(m)),
+                fmt(figure(m, "median_ttft_ms")), fmt(figure(m, "p99_ttft_ms")),
+                fmt(figure(m, "median_tpot_ms"), "{:.2f}"), fmt(figure(m, "p99_e2el_ms"), "{:.0f}"),
+                fmt(getattr(effs[m.key], "mbu", None), "{:.1%}"), fmt(getattr(effs[m.key], "mfu", None), "{:.2%}")]
+               for m in ms])
     environment_section(doc, data, effs)
     if data.notes:
         doc.h(2, "Notes")
         doc.ul(data.notes)
     machine = {"hardware": data.hardware, "model": data.model, "sources": data.sources,
                "slo": {"ttft_p99_ms": opts.slo.ttft_p99_ms, "tpot_p99_ms": opts.slo.tpot_p99_ms},
-               "baseline": base, "headlines": {c: m["key"] for c, m in heads.items()}, "comparison": vals,
+               "baseline": base, "headlines": {c: m.key for c, m in heads.items()}, "comparison": vals,
                "recommendations": [r.to_dict() for r in recs],
                "efficiency": {k: (e if isinstance(e, str) else {f: getattr(e, f) for f in (
                    "batch", "context", "bytes_per_token", "achieved_gb_s", "mbu", "flops_per_token",
@@ -154,7 +168,7 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
     return doc, machine
 
 
-def summary_lines(heads: dict[str, Row], base: str | None, vals: dict[str, dict[str, float | None]],
+def summary_lines(heads: dict[str, Measurement], base: str | None, vals: dict[str, dict[str, float | None]],
                   effs: dict[str, Any], recs: Sequence[Recommendation]) -> list[str]:
     lines = []
     for c, m in heads.items():
@@ -163,7 +177,7 @@ def summary_lines(heads: dict[str, Row], base: str | None, vals: dict[str, dict[
             lines.append(f"{c} delivers {times(f)} the output throughput of {base} ({vals[c]['output_throughput']:.1f} "
                          f"vs {vals[base]['output_throughput']:.1f} tok/s) at {label(m)}")
     for c, m in heads.items():
-        e = effs[m["key"]]
+        e = effs[m.key]
         if isinstance(e, eff.Efficiency) and e.mbu is not None:
             lines.append(f"{c} at {label(m)}: MBU {e.mbu:.1%} of {e.peaks.name}'s {e.peaks.memory_bandwidth_gb_s:g} "
                          f"GB/s x {e.peaks.count}, MFU {fmt(e.mfu, '{:.2%}')} (decode batch {e.batch:.1f})")
@@ -173,22 +187,22 @@ def summary_lines(heads: dict[str, Row], base: str | None, vals: dict[str, dict[
     return lines
 
 
-def recommendations(data: RunData, opts: ReportOptions, heads: dict[str, Row],
-                    groups: dict[tuple[str, str], list[Row]], effs: dict[str, Any]) -> list[Recommendation]:
+def recommendations(data: RunData, opts: ReportOptions, heads: dict[str, Measurement],
+                    groups: dict[tuple[str, str], list[Measurement]], effs: dict[str, Any]) -> list[Recommendation]:
     recs = [recommend_config(list(heads.values()), opts.slo)]
     for c in dict.fromkeys([*heads, *(k[0] for k in groups)]):
         mine = [(k, v) for k, v in groups.items() if k[0] == c]
         if mine:
             _, pts = max(mine, key=lambda kv: (len(kv[1]), kv[0][1] == opts.workload))
             recs.append(recommend_concurrency(c, pts, opts.slo, opts.noise))
-    vllm_head = next((m for m in heads.values() if m["engine"] == "vllm"), None)
+    vllm_head = next((m for m in heads.values() if m.engine == "vllm"), None)
     recs.append(prefix_cache_advice(data.studies.get("prefix_cache"), vllm_head, opts.noise))
     kv_study = data.studies.get("kv_cache_dtype")
-    cap = (vllm_head or {}).get("kv_cache", {}).get("capacity_tokens") or next(
+    cap = (vllm_head.kv_cache.get("capacity_tokens") if vllm_head else None) or next(
         (r.get("kv_capacity_tokens") for r in (kv_study or {}).get("rows", []) if r.get("key") == "auto"), None)
-    demand = [m for pts in groups.values() for m in pts if m["engine"] == "vllm"]
+    demand = [m for pts in groups.values() for m in pts if m.engine == "vllm"]
     heaviest = max(demand, key=kv_demand_tokens, default=None)
-    e = effs.get(heaviest["key"]) if heaviest else None
+    e = effs.get(heaviest.key) if heaviest else None
     share = e.batch * e.kv_bytes_per_sequence / (e.weight_bytes + e.batch * e.kv_bytes_per_sequence) \
         if isinstance(e, eff.Efficiency) else None
     recs.append(kv_quant_advice(kv_study, int(cap) if cap else None, demand, *kv_limits(opts.expectations),
@@ -210,16 +224,16 @@ def efficiency_section(doc: Doc, data: RunData, effs: dict[str, Any], figs: Path
     rows, bars = [], []
     peaks = {e.peaks.name: e.peaks for e in effs.values() if isinstance(e, eff.Efficiency) and e.peaks}
     for m in data.measurements:
-        e = effs[m["key"]]
+        e = effs[m.key]
         if isinstance(e, str):
-            rows.append([m["key"], fmt(m["output_throughput"])] + ["n/a"] * 9 + [e])
+            rows.append([m.key, fmt(tput(m))] + ["n/a"] * 9 + [e])
             continue
-        rows.append([m["key"], fmt(m["output_throughput"]), fmt(e.batch, "{:.2f}"), fmt(e.context, "{:.0f}"),
+        rows.append([m.key, fmt(tput(m)), fmt(e.batch, "{:.2f}"), fmt(e.context, "{:.0f}"),
                      fmt(e.bytes_per_token / 1e9, "{:.4g}"), fmt(e.achieved_gb_s, "{:.1f}"), fmt(e.mbu, "{:.1%}"),
                      fmt(e.flops_per_token / 1e9, "{:.4g}"), fmt(e.achieved_tflops, "{:.4g}"), fmt(e.mfu, "{:.2%}"),
                      fmt(e.mfu_all_tokens, "{:.2%}"), "" if e.peaks else f"no peaks for {data.hardware}"])
-        if not str(m["workload"]["name"]).startswith("study-"):
-            bars.append((f"{m['config_name']} {m['workload']['name']} c{conc(m)}", m["config_name"], e.mbu, e.mfu))
+        if not workload_name(m).startswith("study-"):
+            bars.append((f"{m.config_name} {workload_name(m)} c{conc(m)}", m.config_name, e.mbu, e.mfu))
     if not rows:
         doc.p("not measured in this run")
         return
@@ -236,16 +250,16 @@ def efficiency_section(doc: Doc, data: RunData, effs: dict[str, Any], figs: Path
                 "MBU and MFU per measurement (100% = the hardware's peak).")
 
 
-def sweep_section(doc: Doc, data: RunData, groups: dict[tuple[str, str], list[Row]], opts: ReportOptions,
+def sweep_section(doc: Doc, data: RunData, groups: dict[tuple[str, str], list[Measurement]], opts: ReportOptions,
                   figs: Path) -> None:
     doc.h(2, "Throughput vs latency")
     curves = []
     for (config, wname), pts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        engine = pts[0]["engine"]
+        engine = pts[0].engine
         name = f"{config} · {wname}" if config == engine else f"{config} ({engine}) · {wname}"
-        curves.append(figures.Curve(name, config, engine, [conc(m) for m in pts],
-                                    [m["output_throughput"] for m in pts], [m["median_tpot_ms"] for m in pts],
-                                    [m["p99_ttft_ms"] for m in pts]))
+        curves.append(figures.Curve(name, config, engine, [conc(m) for m in pts], [tput(m) for m in pts],
+                                    [_or_nan(figure(m, "median_tpot_ms")) for m in pts],
+                                    [_or_nan(figure(m, "p99_ttft_ms")) for m in pts]))
     if not any(len(c.concurrency) > 1 for c in curves):
         doc.p("not measured in this run (no config was measured at two or more concurrency levels)")
         return
@@ -257,10 +271,11 @@ def sweep_section(doc: Doc, data: RunData, groups: dict[tuple[str, str], list[Ro
     for (config, wname), pts in sorted(groups.items()):
         for m in pts:
             g = goodput(m, opts.slo)
-            rows.append([config, wname, str(conc(m)), str(m["workload"]["num_requests"]), fmt(m["output_throughput"]),
-                         fmt(m["median_ttft_ms"]), fmt(m["p99_ttft_ms"]), fmt(m["median_tpot_ms"], "{:.2f}"),
-                         fmt(m["p99_tpot_ms"], "{:.2f}"), fmt(m["p99_e2el_ms"], "{:.0f}"),
-                         fmt(g.request_goodput, "{:.3f}"), "yes" if g.run_meets else "no"])
+            rows.append([config, wname, str(conc(m)), str(requests(m)), fmt(tput(m)),
+                         fmt(figure(m, "median_ttft_ms")), fmt(figure(m, "p99_ttft_ms")),
+                         fmt(figure(m, "median_tpot_ms"), "{:.2f}"), fmt(figure(m, "p99_tpot_ms"), "{:.2f}"),
+                         fmt(figure(m, "p99_e2el_ms"), "{:.0f}"), fmt(g.request_goodput, "{:.3f}"),
+                         "yes" if g.run_meets else "no"])
     doc.table(["config", "workload", "concurrency", "requests", "out tok/s", "TTFT p50 ms", "TTFT p99 ms",
                "TPOT p50 ms", "TPOT p99 ms", "E2EL p99 ms", "goodput req/s", "p99s within SLO"], rows)
     knee = ((data.studies.get("concurrency") or {}).get("findings") or {})
@@ -279,15 +294,15 @@ def environment_section(doc: Doc, data: RunData, effs: dict[str, Any]) -> None:
     rows: list[list[str]] = [["hardware profile", data.hardware], ["model", data.model]]
     seen: dict[str, set[str]] = {}
     for m in data.measurements:
-        env = m.get("environment") or {}
+        env = m.environment
         for g in env.get("gpus") or []:
             seen.setdefault("GPU", set()).add(f"{g.get('name')} ({g.get('memory_total_gib', 0):.1f} GiB, driver "
                                               f"{g.get('driver')})")
         for k, v in (env.get("versions") or {}).items():
             seen.setdefault(k, set()).add("not recorded" if v is None else str(v))
-        if m.get("memory_total_gib"):
-            seen.setdefault("host RAM (GiB)", set()).add(f"{m['memory_total_gib']:.1f}")
-        seen.setdefault(f"{m['engine']} dtype", set()).add(str((m.get("config") or {}).get("dtype")))
+        if m.memory_total_gib:
+            seen.setdefault("host RAM (GiB)", set()).add(f"{m.memory_total_gib:.1f}")
+        seen.setdefault(f"{m.engine} dtype", set()).add(str(m.config.get("dtype")))
     for s in data.studies.values():
         hw = s.get("hardware") or {}
         if hw.get("cpu"):
@@ -298,39 +313,54 @@ def environment_section(doc: Doc, data: RunData, effs: dict[str, Any]) -> None:
     doc.table(["item", "value"], rows)
 
 
-def expectation_rows(table_path: Path | None, data: RunData) -> tuple[list[list[str]], str]:
-    """(rows, note): each bound of this hardware+model with the measured value and pass/fail."""
+def _or_nan(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
+def run_hardware(data: RunData) -> "Hardware":
+    """The hardware the run's bounds apply to: as its measurements recorded it, with the servers' device class."""
+    from servingbench.measure.environment import Hardware, from_environment
+
+    env = next((m.environment for m in data.measurements if m.environment.get("hardware")), None)
+    hw = from_environment(env) if env else Hardware(data.hardware, data.gpu)
+    return dataclasses.replace(hw, key=data.hardware, gpu=data.gpu)
+
+
+def expectation_rows(table_path: Path | None, data: RunData,
+                     devices: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[list[str]], str]:
+    """(rows, note): each bound of this hardware+model with the measured value and pass/fail, computed as the
+    perf session checks it (``thresholds.bound_value``); ``devices``: the peak table MBU bounds divide by."""
     if table_path is None or not Path(table_path).is_file():
         return [], "no expected-performance table found (pass --expectations PATH)"
-    from servingbench.suite.thresholds import load_table
-    from servingbench.load.workload import single_stream
+    from servingbench.measure.measurement import MissingFigure
+    from servingbench.suite.thresholds import bound_value, load_table
 
     table = load_table(table_path)
-    bounds = table.for_run(data.hardware, data.model)
+    bounds = table.for_run(run_hardware(data), data.model)
     if not bounds:
         return [], (f"{table_path} has no entries for hardware {data.hardware} with model {data.model} "
-                    f"(it has: {', '.join(table.hardware_profiles()) or 'none'})")
-    by_key = {m["key"]: m for m in data.measurements}
+                    f"(it has: {', '.join(table.hardware_keys()) or 'none'})")
+    by_key = {m.key: m for m in data.measurements}
+    peak_table = eff.load_peak_table() if devices is None else devices
 
-    def value(config: str, metric: str, workload_name: str) -> float | None:
-        w = table.workload(workload_name, data.gpu, table.configs[config].get("engine"))
-        loaded = by_key.get(f"{config}--{w.label}")
-        if metric == "batch_efficiency":
-            one = by_key.get(f"{config}--{single_stream(w).label}")
-            if not (loaded and one and one["output_throughput"]):
-                return None
-            return loaded["output_throughput"] / ((w.concurrency or w.num_requests) * one["output_throughput"])
-        return flat_value(loaded, metric) if loaded else None
+    def measure(config: str, workload: "Workload") -> Measurement:
+        return by_key[f"{config}--{workload.label}"]  # KeyError: not measured in this run
+
+    def workloads(name: str) -> Callable[[str], "Workload"]:  # a config's variant of the bound's workload
+        return lambda config: table.workload(name, data.gpu, table.configs[config].get("engine"))
+
+    def peaks(m: Measurement) -> eff.DevicePeaks | None:
+        return eff.peaks_for(m, peak_table)
 
     rows = []
     for b in bounds:
-        v = value(b.config, b.base_metric, b.workload)
-        if v is not None and b.ratio_over:
-            other = value(b.ratio_over, b.base_metric, b.workload)
-            v = v / other if other else None
-        verdict = "not measured" if v is None else ("pass" if b.violation(v) is None else "**FAIL**")
+        try:
+            v = bound_value(b, measure, workloads(b.workload), peaks=peaks)
+            verdict = "pass" if b.violation(v) is None else "**FAIL**"
+        except MissingFigure:  # measured, but without the figure (no successful request): the bound fails
+            v, verdict = None, "**FAIL**"
+        except (KeyError, eff.EfficiencyError):
+            v, verdict = None, "not measured"
         rows.append([b.config, b.metric, b.describe(), fmt(v, "{:.4g}"), verdict, b.location.split("/")[-1]])
     return rows, f"bounds of {table_path} for {data.hardware} / {data.model}; sources: " + "; ".join(
         sorted({b.source for b in bounds}))
-
-

@@ -6,32 +6,36 @@ Several directories merge (a GPU lease split over sessions); a measurement key s
 from __future__ import annotations
 
 import json
+import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from servingbench.report.recommend import sweep_levels
+from servingbench.measure.measurement import Measurement, load_measurement, measurement_from_dict
+from servingbench.measure.metrics import batch_efficiency as batching
+from servingbench.report.recommend import SLOLimits, sweep_levels
+from servingbench.suite.defaults import default_studies_path
 
-Row = dict[str, Any]
+Row = dict[str, Any]  # a study file, or one of its rows (JSON by design)
 
 
 @dataclass
 class RunData:
-    measurements: list[Row]
+    measurements: list[Measurement]
     studies: dict[str, Row]
     sources: list[str]
     notes: list[str] = field(default_factory=list)
 
     @property
     def hardware(self) -> str:
-        return next((m["environment"].get("hardware") for m in self.measurements if m.get("environment")), None) \
+        return next((m.environment.get("hardware") for m in self.measurements if m.environment), None) \
             or next((s["hardware"].get("profile") for s in self.studies.values() if isinstance(s.get("hardware"), dict)),
                     "unknown")
 
     @property
     def model(self) -> str:
-        return next((m["environment"].get("model") for m in self.measurements if m.get("environment")), None) \
+        return next((m.environment.get("model") for m in self.measurements if m.environment), None) \
             or next((s["model"].get("name") for s in self.studies.values() if isinstance(s.get("model"), dict)),
                     "unknown")
 
@@ -40,32 +44,45 @@ class RunData:
         """Whether the servers ran on GPUs (which workload variant of the table applies): from the server configs,
         not from the GPUs present (a CPU-profile run on a GPU host still lists them)."""
         if self.measurements:
-            return any(str((m.get("config") or {}).get("device", "")).startswith("cuda")
-                       or (m.get("config") or {}).get("gpu_memory_utilization") is not None for m in self.measurements)
+            return any(str(m.config.get("device", "")).startswith("cuda")
+                       or m.config.get("gpu_memory_utilization") is not None for m in self.measurements)
         return any((s.get("hardware") or {}).get("gpu") for s in self.studies.values())
+
+
+def _read_measurement(path: Path, notes: list[str]) -> Measurement | None:
+    """The measurement in ``path``; None for another kind of JSON file (summary.json, ...) or, with a note, for an
+    unreadable one."""
+    try:
+        raw = load_measurement(path)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        notes.append(f"skipped unreadable {path}: {e}")
+        return None
+    except (ValueError, AttributeError):  # another schema, or JSON that is not an object: not a measurement
+        return None
+    try:
+        return measurement_from_dict(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        notes.append(f"skipped unreadable {path}: {type(e).__name__}: {e}")
+        return None
 
 
 def load_run(dirs: Sequence[Path | str]) -> RunData:
     """Measurements from ``DIR/measurements/*.json`` or ``DIR/*.json``, studies from ``DIR/studies/*.json``."""
-    by_key: dict[str, Row] = {}
+    by_key: dict[str, Measurement] = {}
     data = RunData([], {}, [str(d) for d in dirs])
     for d in map(Path, dirs):
         if not d.is_dir():
             raise FileNotFoundError(f"results directory {d} does not exist")
         for path in sorted(list(d.glob("measurements/*.json")) + list(d.glob("*.json"))):
-            try:
-                m = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                data.notes.append(f"skipped unreadable {path}: {e}")
+            m = _read_measurement(path, data.notes)
+            if m is None:
                 continue
-            if not isinstance(m, dict) or m.get("schema") != "servingbench.measurement/1":
-                continue
-            old = by_key.get(m["key"])
+            old = by_key.get(m.key)
             if old is not None:
-                data.notes.append(f"measurement {m['key']} appears twice; kept the later run ({path})")
-                if old.get("started_at", 0) > m.get("started_at", 0):
+                data.notes.append(f"measurement {m.key} appears twice; kept the later run ({path})")
+                if old.started_at > m.started_at:
                     continue
-            by_key[m["key"]] = m
+            by_key[m.key] = m
         for path in sorted(d.glob("studies/*.json")):
             try:
                 s = json.loads(path.read_text())
@@ -77,76 +94,86 @@ def load_run(dirs: Sequence[Path | str]) -> RunData:
         summary = d / "summary.json"
         if summary.is_file():
             data.notes += [f"session note: {n}" for n in json.loads(summary.read_text()).get("notes", [])]
-    data.measurements = sorted(by_key.values(), key=lambda m: (m["config_name"], m["workload"]["name"],
-                                                               m["workload"].get("concurrency") or 0))
+    data.measurements = sorted(by_key.values(), key=lambda m: (m.config_name, workload_name(m),
+                                                               m.workload.get("concurrency") or 0))
     if not data.measurements and not data.studies:
         raise FileNotFoundError(f"no servingbench measurements or studies under {', '.join(map(str, dirs))}")
     return data
 
 
-def flat_value(m: Row, name: str) -> float | None:
-    """A measurement's figure by metric name, as ``Measurement.value`` computes it, from the saved dict."""
-    if isinstance(m.get(name), (int, float)) and not isinstance(m.get(name), bool):
-        return float(m[name])
-    t = m.get("telemetry") or {}
-    gpu_util = t.get("gpu_memory_utilization_peak") or []
-    derived = {
-        "memory_utilization": max(gpu_util) if gpu_util else
-        (t.get("rss_peak_gib", 0) / m["memory_total_gib"] if m.get("memory_total_gib") else None),
-        "gpu_memory_used_gib": max(t.get("gpu_memory_used_peak_gib") or [0.0]),
-        "gpu_utilization": max(t.get("gpu_utilization_mean") or [0.0]),
-        "rss_peak_gib": t.get("rss_peak_gib"),
-        "memory_gib": max(t.get("gpu_memory_used_peak_gib") or [0.0]) or t.get("rss_peak_gib"),
-        "failure_rate": m.get("failed", 0) / max(1, m.get("completed", 0) + m.get("failed", 0)),
-        "seconds_per_output_token": 1 / m["output_throughput"] if m.get("output_throughput") else None,
-    }
-    return derived.get(name)
+def workload_name(m: Measurement) -> str:
+    """The workload's name ("lab", "study-concurrency", ...)."""
+    return str(m.workload["name"])
 
 
-def conc(m: Row) -> int:
-    return m["workload"].get("concurrency") or m["workload"]["num_requests"]
+def requests(m: Measurement) -> int:
+    return int(m.workload["num_requests"])
 
 
-def shape(m: Row) -> tuple[int, int]:
-    return m["workload"]["prompt_len"], m["workload"]["output_len"]
+def conc(m: Measurement) -> int:
+    return m.workload.get("concurrency") or requests(m)
 
 
-def single_stream_of(m: Row, ms: Sequence[Row]) -> Row | None:
+def shape(m: Measurement) -> tuple[int, int]:
+    return m.workload["prompt_len"], m.workload["output_len"]
+
+
+def single_stream_of(m: Measurement, ms: Sequence[Measurement]) -> Measurement | None:
     """The same config and prompt/output lengths at concurrency 1 (same workload name preferred)."""
-    cands = [x for x in ms if x["config_name"] == m["config_name"] and shape(x) == shape(m) and conc(x) == 1]
-    return max(cands, key=lambda x: (x["workload"]["name"] == m["workload"]["name"], x["workload"]["num_requests"]),
-               default=None)
+    cands = [x for x in ms if x.config_name == m.config_name and shape(x) == shape(m) and conc(x) == 1]
+    return max(cands, key=lambda x: (workload_name(x) == workload_name(m), requests(x)), default=None)
 
 
-def batch_efficiency(m: Row, ms: Sequence[Row]) -> float | None:
+def batch_efficiency(m: Measurement, ms: Sequence[Measurement]) -> float | None:
+    """T(C) / (C x T(1)) against the same config's single-stream run; None without one."""
     one = single_stream_of(m, ms)
-    if one is None or conc(m) == 1 or not one["output_throughput"]:
+    if one is None:
         return None
-    return m["output_throughput"] / (conc(m) * one["output_throughput"])
+    return batching(m.metrics.output_throughput, one.metrics.output_throughput, conc(m))
 
 
-def is_study(m: Row) -> bool:
-    return str(m["workload"]["name"]).startswith("study-")
+def is_study(m: Measurement) -> bool:
+    return workload_name(m).startswith("study-")
 
 
-def headlines(ms: Sequence[Row], workload: str) -> dict[str, Row]:
+def headlines(ms: Sequence[Measurement], workload: str) -> dict[str, Measurement]:
     """Per config, its loaded run: the named workload at its highest concurrency, else its highest-concurrency run.
     Configs measured only by studies (vllm-block8, ...) are left to the study sections."""
-    out: dict[str, Row] = {}
-    for config in dict.fromkeys(m["config_name"] for m in ms if not is_study(m)):
-        mine = [m for m in ms if m["config_name"] == config and not is_study(m)]
-        named = [m for m in mine if m["workload"]["name"] == workload] or mine
-        out[config] = max(named, key=lambda m: (conc(m), m["workload"]["num_requests"]))
-    order = sorted(out, key=lambda c: (out[c]["engine"] != "vllm", out[c]["engine"] == "hf", c))
+    out: dict[str, Measurement] = {}
+    for config in dict.fromkeys(m.config_name for m in ms if not is_study(m)):
+        mine = [m for m in ms if m.config_name == config and not is_study(m)]
+        named = [m for m in mine if workload_name(m) == workload] or mine
+        out[config] = max(named, key=lambda m: (conc(m), requests(m)))
+    order = sorted(out, key=lambda c: (out[c].engine != "vllm", out[c].engine == "hf", c))
     return {c: out[c] for c in order}
 
 
-def sweep_groups(ms: Sequence[Row], configs: Sequence[str]) -> dict[tuple[str, str], list[Row]]:
+def sweep_groups(ms: Sequence[Measurement], configs: Sequence[str]) -> dict[tuple[str, str], list[Measurement]]:
     """(config, workload name) -> one run per concurrency level, for the headline configs and the study sweep."""
-    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Measurement]] = defaultdict(list)
     for m in ms:
-        if (m["config_name"] in configs and not is_study(m)) or m["workload"]["name"] == "study-concurrency":
-            groups[(m["config_name"], m["workload"]["name"])].append(m)
+        if (m.config_name in configs and not is_study(m)) or workload_name(m) == "study-concurrency":
+            groups[(m.config_name, workload_name(m))].append(m)
     return {k: sweep_levels(v) for k, v in groups.items()}
 
 
+@dataclass
+class ReportOptions:
+    slo: SLOLimits = field(default_factory=SLOLimits)
+    baseline: str | None = None  # the config improvement factors are relative to (default: "hf", else an hf config)
+    workload: str = "lab"  # the comparison load's workload name
+    expectations: Path | None = None
+    peaks: Path | None = None
+    html: bool = True
+    noise: float = 0.05  # relative differences below this are treated as run-to-run noise
+
+
+def kv_limits(expectations: Path | None) -> tuple[float, float]:
+    """The KV study's own accuracy limits (perf/studies.toml beside the table), else its shipped defaults."""
+    beside = Path(expectations).parent / "studies.toml" if expectations else None
+    path = beside if beside and beside.is_file() else default_studies_path()
+    try:
+        s = tomllib.loads(path.read_text()).get("kv_cache_dtype", {})
+        return float(s.get("min_prompt_top1_agreement", 0.8)), float(s.get("max_prompt_logprob_mae", 0.25))
+    except (OSError, tomllib.TOMLDecodeError):
+        return 0.8, 0.25

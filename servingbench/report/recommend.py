@@ -13,11 +13,25 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from servingbench.measure.measurement import Measurement, measured_rows
 from servingbench.measure.metrics import SLO, compute_metrics
-from servingbench.measure.records import RequestRecord
 
 MLPERF_SOURCE = "MLPerf Inference v4 Llama-2-70B server scenario limits"
-Row = Mapping[str, Any]
+Row = Mapping[str, Any]  # a study file, or one of its rows (JSON by design)
+
+
+def figure(m: Measurement, name: str) -> float | None:
+    """``m.value(name)``, or None where the run has no such figure (an unknown name, or one that no successful
+    request measured)."""
+    try:
+        return m.value(name)
+    except LookupError:  # KeyError: unknown name; MissingFigure: nothing measured it
+        return None
+
+
+def tput(m: Measurement) -> float:
+    """Output tokens per second over the run."""
+    return m.metrics.output_throughput
 
 
 @dataclass(frozen=True)
@@ -34,12 +48,12 @@ class SLOLimits:
     def describe(self) -> str:
         return f"TTFT p99 <= {self.ttft_p99_ms:g} ms and TPOT p99 <= {self.tpot_p99_ms:g} ms ({self.source})"
 
-    def run_violations(self, m: Row) -> list[str]:
+    def run_violations(self, m: Measurement) -> list[str]:
         """The run-level limits a measurement's p99s break, e.g. ["p99 TTFT 2503 ms > 2000 ms"]."""
         out = []
         for field_name, label, limit in (("p99_ttft_ms", "TTFT", self.ttft_p99_ms),
                                          ("p99_tpot_ms", "TPOT", self.tpot_p99_ms)):
-            value = m.get(field_name)
+            value = figure(m, field_name)
             if value is None or value > limit:
                 out.append(f"p99 {label} {num(value)} ms > {limit:g} ms" if value is not None
                            else f"p99 {label} not measured")
@@ -61,18 +75,17 @@ class Goodput:
         return not self.run_violations
 
 
-def goodput(m: Row, slo: SLOLimits) -> Goodput:
-    """Per-request goodput recomputed from the records (the saved ``request_goodput`` had no SLO)."""
-    records = [RequestRecord.from_dict(r) for r in m.get("records") or []]
+def goodput(m: Measurement, slo: SLOLimits) -> Goodput:
+    """Per-request goodput recomputed from the records (the measurement's own ``request_goodput`` had no SLO)."""
+    records, duration, request_slo = m.records, m.metrics.duration, slo.request_slo()
     rg = share = good_tps = None
-    if records and m.get("duration"):
-        metrics = compute_metrics(records, m["duration"], slo.request_slo())
-        good = [r for r in records if r.success and slo.request_slo().met_by(r)]
+    if records and duration:
+        metrics = compute_metrics(records, duration, request_slo)
+        good = [r for r in records if r.success and request_slo.met_by(r)]
         rg = metrics.request_goodput
         share = len(good) / metrics.completed if metrics.completed else 0.0
-        good_tps = sum(r.output_tokens or len(r.chunk_times) for r in good) / m["duration"]
-    w = m.get("workload") or {}
-    return Goodput(m["key"], m["config_name"], w.get("concurrency"), rg, share, good_tps,
+        good_tps = sum(r.output_tokens or len(r.chunk_times) for r in good) / duration
+    return Goodput(m.key, m.config_name, m.workload.get("concurrency"), rg, share, good_tps,
                    tuple(slo.run_violations(m)))
 
 
@@ -111,7 +124,7 @@ def times(x: float | None) -> str:
     return "n/a" if x is None else (f"{x:,.0f}x" if x >= 100 else f"{x:.3g}x")
 
 
-def recommend_config(headlines: Sequence[Row], slo: SLOLimits) -> Recommendation:
+def recommend_config(headlines: Sequence[Measurement], slo: SLOLimits) -> Recommendation:
     """The config with the highest goodput at the comparison load."""
     topic = "config"
     if not headlines:
@@ -119,13 +132,13 @@ def recommend_config(headlines: Sequence[Row], slo: SLOLimits) -> Recommendation
     scored = [(goodput(m, slo), m) for m in headlines]
     evidence = [f"{g.config} ({_load(m)}): goodput {num(g.request_goodput)} req/s, "
                 f"{_pct(g.good_share)} of requests within the SLO, {num(g.good_output_tokens_per_s)} "
-                f"good output tok/s; run p99 TTFT {num(m['p99_ttft_ms'])} ms, p99 TPOT {num(m['p99_tpot_ms'])} ms"
-                for g, m in scored]
-    shapes = {(m["workload"].get("prompt_len"), m["workload"].get("output_len")) for _, m in scored}
+                f"good output tok/s; run p99 TTFT {num(figure(m, 'p99_ttft_ms'))} ms, p99 TPOT "
+                f"{num(figure(m, 'p99_tpot_ms'))} ms" for g, m in scored]
+    shapes = {(m.workload.get("prompt_len"), m.workload.get("output_len")) for _, m in scored}
     if len(shapes) > 1:
         evidence.append(f"caution: the configs ran different prompt/output lengths {sorted(shapes)}")
     ranked = sorted((x for x in scored if x[0].request_goodput is not None),
-                    key=lambda x: (x[0].request_goodput or 0.0, x[1]["output_throughput"]), reverse=True)
+                    key=lambda x: (x[0].request_goodput or 0.0, tput(x[1])), reverse=True)
     if not ranked:
         return Recommendation(topic, "goodput not computable: the measurements carry no request records", evidence)
     best, bm = ranked[0]
@@ -141,22 +154,27 @@ def recommend_config(headlines: Sequence[Row], slo: SLOLimits) -> Recommendation
     return Recommendation(topic, verdict, evidence, best.config)
 
 
-def _load(m: Row) -> str:
-    w = m["workload"]
+def _load(m: Measurement) -> str:
+    w = m.workload
     return f"{w.get('name')} c{w.get('concurrency')} n{w.get('num_requests')} {w.get('prompt_len')}/{w.get('output_len')}"
 
 
-def sweep_levels(points: Sequence[Row]) -> list[Row]:
+def _c(m: Measurement) -> int | None:
+    return m.workload.get("concurrency")
+
+
+def sweep_levels(points: Sequence[Measurement]) -> list[Measurement]:
     """One measurement per concurrency level (the one with most requests), in ascending order."""
-    by: dict[int, Row] = {}
+    by: dict[int, Measurement] = {}
     for m in points:
-        c = m["workload"].get("concurrency")
-        if c and (c not in by or m["workload"]["num_requests"] > by[c]["workload"]["num_requests"]):
+        c = _c(m)
+        if c and (c not in by or m.workload.get("num_requests", 0) > by[c].workload.get("num_requests", 0)):
             by[c] = m
     return [by[c] for c in sorted(by)]
 
 
-def recommend_concurrency(config: str, points: Sequence[Row], slo: SLOLimits, noise: float = 0.05) -> Recommendation:
+def recommend_concurrency(config: str, points: Sequence[Measurement], slo: SLOLimits,
+                          noise: float = 0.05) -> Recommendation:
     """The level to run at: of the levels whose run p99s meet the SLO, the lowest concurrency whose throughput is
     within ``noise`` of the best one (more concurrency that adds no throughput only adds latency). Says whether the
     SLO bound within the sweep, and where."""
@@ -164,52 +182,50 @@ def recommend_concurrency(config: str, points: Sequence[Row], slo: SLOLimits, no
     levels = sweep_levels(points)
     if len(levels) < 2:
         return not_measured(topic, f"{config}: fewer than 2 concurrency levels of one workload")
+    ttft99 = lambda m: figure(m, "p99_ttft_ms")  # noqa: E731
+    tpot99 = lambda m: figure(m, "p99_tpot_ms")  # noqa: E731
     evidence = []
     for m in levels:
         v = slo.run_violations(m)
-        evidence.append(f"c={m['workload']['concurrency']}: {m['output_throughput']:.1f} tok/s, p99 TTFT "
-                        f"{num(m['p99_ttft_ms'])} ms, p99 TPOT {num(m['p99_tpot_ms'])} ms: "
-                        + ("within the SLO" if not v else "breaks it (" + "; ".join(v) + ")"))
+        evidence.append(f"c={_c(m)}: {tput(m):.1f} tok/s, p99 TTFT {num(ttft99(m))} ms, p99 TPOT "
+                        f"{num(tpot99(m))} ms: " + ("within the SLO" if not v else "breaks it (" + "; ".join(v) + ")"))
     ok = [m for m in levels if not slo.run_violations(m)]
     if not ok:
-        least = min(levels, key=lambda m: m["p99_ttft_ms"])
-        return Recommendation(topic, f"no measured level meets the SLO; the lowest p99 TTFT "
-                                     f"was at c={least['workload']['concurrency']} ({num(least['p99_ttft_ms'])} ms)",
-                              evidence, None)
-    fastest = max(ok, key=lambda m: m["output_throughput"])
-    best = next(m for m in ok if m["output_throughput"] >= (1 - noise) * fastest["output_throughput"])
-    c, top_c = best["workload"]["concurrency"], levels[-1]["workload"]["concurrency"]
-    single = next((m for m in levels if m["workload"]["concurrency"] == 1), None)
-    gain = f", {times(best['output_throughput'] / single['output_throughput'])} the single-stream throughput" \
-        if single and single["output_throughput"] and best is not single else ""
-    verdict = (f"run at concurrency {c}: {best['output_throughput']:.1f} output tok/s with p99 TTFT "
-               f"{num(best['p99_ttft_ms'])} ms and p99 TPOT {num(best['p99_tpot_ms'])} ms{gain}")
-    broken = [m for m in levels if slo.run_violations(m) and m["workload"]["concurrency"] > c]
+        least = min(levels, key=lambda m: math.inf if ttft99(m) is None else ttft99(m))
+        where = f"the lowest p99 TTFT was at c={_c(least)} ({num(ttft99(least))} ms)" if ttft99(least) is not None \
+            else "no level served a request successfully"
+        return Recommendation(topic, f"no measured level meets the SLO; {where}", evidence, None)
+    fastest = max(ok, key=tput)
+    best = next(m for m in ok if tput(m) >= (1 - noise) * tput(fastest))
+    c, top_c = _c(best), _c(levels[-1])
+    single = next((m for m in levels if _c(m) == 1), None)
+    gain = f", {times(tput(best) / tput(single))} the single-stream throughput" \
+        if single and tput(single) and best is not single else ""
+    verdict = (f"run at concurrency {c}: {tput(best):.1f} output tok/s with p99 TTFT "
+               f"{num(ttft99(best))} ms and p99 TPOT {num(tpot99(best))} ms{gain}")
+    broken = [m for m in levels if slo.run_violations(m) and _c(m) > c]
     if fastest is not best:
-        verdict += (f"; c={fastest['workload']['concurrency']} gave {fastest['output_throughput']:.1f} tok/s, within "
-                    f"the {noise:.0%} noise threshold, at p99 TTFT {num(fastest['p99_ttft_ms'])} ms")
+        verdict += (f"; c={_c(fastest)} gave {tput(fastest):.1f} tok/s, within "
+                    f"the {noise:.0%} noise threshold, at p99 TTFT {num(ttft99(fastest))} ms")
     if c == top_c:
         verdict += (f"; the SLO did not bind up to the highest level measured (c={top_c}), so a higher level may "
                     "give more: extend the sweep")
     elif broken:
         first = broken[0]
-        verdict += f"; c={first['workload']['concurrency']} breaks the SLO ({'; '.join(slo.run_violations(first))})"
+        verdict += f"; c={_c(first)} breaks the SLO ({'; '.join(slo.run_violations(first))})"
     elif fastest is best:
         verdict += "; higher levels met the SLO but gave less throughput"
     return Recommendation(topic, verdict, evidence, c)
 
 
-def _measured(study: Mapping[str, Any] | None) -> list[Row]:
-    return [r for r in (study or {}).get("rows", []) if r.get("status", "measured") == "measured"]
-
-
-def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Row | None, noise: float) -> Recommendation:
+def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Measurement | None,
+                        noise: float) -> Recommendation:
     """Pays off when caching lowers TTFT or raises throughput beyond noise on the shared-prefix load; the loaded
     run's own hit rate says whether the lab's load would see any of it."""
     topic = "prefix_caching"
-    rows = {r["key"]: r for r in _measured(study)}
+    rows = {r["key"]: r for r in measured_rows((study or {}).get("rows", []))}
     on, off = rows.get("on"), rows.get("off")
-    lab_rate = ((loaded or {}).get("kv_cache") or {}).get("prefix_cache_hit_rate_cumulative")
+    lab_rate = loaded.kv_cache.get("prefix_cache_hit_rate_cumulative") if loaded is not None else None
     lab_line = (f"on the comparison load ({_load(loaded)}) vLLM reported a prefix-cache hit rate of {lab_rate:.1%}"
                 if loaded is not None and lab_rate is not None else None)
     if not (on and off):
@@ -237,13 +253,17 @@ def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Row | None, noi
     return Recommendation(topic, verdict, evidence, pays)
 
 
-def kv_demand_tokens(m: Row) -> int:
+def _per_sequence(m: Measurement) -> int:
+    """KV tokens one sequence of the load holds at its end: prompt + output."""
+    return int(m.workload.get("prompt_len", 0)) + int(m.workload.get("output_len", 0))
+
+
+def kv_demand_tokens(m: Measurement) -> int:
     """Most KV tokens a closed-loop load holds at once: concurrency x (prompt + output)."""
-    w = m["workload"]
-    return (w.get("concurrency") or w["num_requests"]) * (w["prompt_len"] + w["output_len"])
+    return (_c(m) or int(m.workload.get("num_requests", 0))) * _per_sequence(m)
 
 
-def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None, demand: Sequence[Row],
+def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None, demand: Sequence[Measurement],
                     min_top1: float, max_mae: float, kv_byte_share: float | None = None) -> Recommendation:
     """Pays off only if KV capacity binds (some measured load needs more KV than the auto cache holds) and the
     quantized cache's accuracy stays within the study's limits. ``kv_byte_share``: the KV cache's share of the
@@ -257,11 +277,11 @@ def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None
     if need and capacity_tokens:
         tokens, m = need
         binds = tokens > capacity_tokens
-        per_seq = m["workload"]["prompt_len"] + m["workload"]["output_len"]
+        per_seq = _per_sequence(m)
         evidence.append(f"heaviest measured load {_load(m)} holds up to {tokens} tokens of KV "
                         f"(concurrency x (prompt + output)): {tokens / capacity_tokens:.1%} of the auto cache's "
                         f"{capacity_tokens} tokens; capacity binds from concurrency {capacity_tokens // per_seq + 1}")
-    quant = [r for r in _measured(study) if r.get("key") != "auto"]
+    quant = [r for r in measured_rows((study or {}).get("rows", [])) if r.get("key") != "auto"]
     shrink = max((r.get("expected_capacity_gain") or 0 for r in quant), default=0) or 2.0
     speed = ""
     if kv_byte_share is not None and need:
@@ -312,7 +332,7 @@ def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None
 def block_size_advice(study: Mapping[str, Any] | None, noise: float) -> Recommendation:
     """Keep the engine's default unless another measured block size is faster beyond noise."""
     topic = "block_size"
-    rows = [r for r in _measured(study) if r.get("output_throughput")]
+    rows = [r for r in measured_rows((study or {}).get("rows", [])) if r.get("output_throughput")]
     if not rows:
         return not_measured(topic, "block-size study")
     default = next((r for r in rows if r.get("config_name") == "vllm"), None)

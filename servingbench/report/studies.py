@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from servingbench.measure.measurement import measured_rows
 from servingbench.report import figures
 
 if TYPE_CHECKING:
@@ -36,10 +37,6 @@ def _memory(r: Row) -> Any:
 
 def _table(doc: "Doc", rows: Sequence[Row], columns: Sequence[Column]) -> None:
     doc.table([c[0] for c in columns], [[_fmt(get(r), spec) for _, get, spec in columns] for r in rows])
-
-
-def _measured(rows: Sequence[Row]) -> list[Row]:
-    return [r for r in rows if r.get("status", "measured") == "measured"]
 
 
 def _why(r: Row) -> str:
@@ -87,7 +84,7 @@ def block_size(doc: "Doc", study: Row | None, figs: Path) -> None:
                        ("KV capacity tokens", _get("kv_capacity_tokens"), "{:,}"),
                        ("KV cache GiB", _get("kv_cache_gib"), "{:.2f}"),
                        ("tokens per GiB", _get("tokens_per_gib"), "{:,.0f}"), *SERVING, ("reason", _why, "{}")])
-    ok = [r for r in _measured(rows) if r.get("output_throughput")]
+    ok = [r for r in measured_rows(rows) if r.get("output_throughput")]
     if ok:
         default = next((i for i, r in enumerate(ok) if r.get("config_name") == "vllm"), None)
         doc.fig(figures.study_panels([str(r["block_size"]) for r in ok], [
@@ -113,7 +110,7 @@ def kv_dtype(doc: "Doc", study: Row | None, figs: Path) -> None:
                        ("greedy exact match", _get("greedy_exact_match"), "{:.2f}"), ("reason / note", _why, "{}")])
     doc.p("Accuracy is against the auto (model dtype) cache on the same prompts: next-token top-1 agreement and mean "
           "absolute difference of the prompt tokens' log-probabilities.")
-    ok = _measured(rows)
+    ok = measured_rows(rows)
     if ok:
         doc.fig(figures.study_panels([str(r.get("key")) for r in ok], [
             ("KV capacity per GiB", "tokens per GiB", [r.get("tokens_per_gib") for r in ok]),
@@ -137,7 +134,7 @@ def prefix_cache(doc: "Doc", study: Row | None, figs: Path) -> None:
         doc.p(f"TTFT p50 speed-up from caching: {f['ttft_speedup']:.3g}x; throughput gain "
               f"{_fmt(f.get('throughput_gain'), '{:.3g}x')}; hit rate within tolerance "
               f"({_fmt(f.get('hit_rate_tolerance'), '{:g}')}): {f.get('hit_rate_within_tolerance')}.")
-    ok = _measured(rows)
+    ok = measured_rows(rows)
     if ok:
         doc.fig(figures.study_panels([str(r.get("key")) for r in ok], [
             ("TTFT p50", "ms", [r.get("median_ttft_ms") for r in ok]),
@@ -155,7 +152,7 @@ def tensor_parallel(doc: "Doc", study: Row | None, figs: Path) -> None:
     _table(doc, rows, [("TP size", _get("tensor_parallel_size"), "{}"), ("status", _get("status"), "{}"),
                        ("scaling efficiency", lambda r: eff.get(str(r.get("tensor_parallel_size"))), "{:.1%}"),
                        *SERVING, ("reason", _why, "{}")])
-    ok = [r for r in _measured(rows) if r.get("output_throughput")]
+    ok = [r for r in measured_rows(rows) if r.get("output_throughput")]
     if len(ok) >= 2:
         doc.fig(figures.scaling([r["tensor_parallel_size"] for r in ok], [r["output_throughput"] for r in ok],
                                 figs / "tensor_parallel.png", "Tensor-parallel scaling"),
@@ -174,7 +171,7 @@ def offline(doc: "Doc", study: Row | None, figs: Path) -> None:
                        ("peak GPU GiB", _get("peak_gpu_memory_gib"), "{:.2f}"), ("init s", _get("init_s"), "{:.0f}")])
     ratio = (study.get("findings") or {}).get("vllm_over_hf_output_tokens_per_s")
     doc.p(f"vLLM over HF, output tokens/s: {_fmt(ratio, '{:.3g}x')}.")
-    ok = [r for r in _measured(rows) if r.get("output_tokens_per_s")]
+    ok = [r for r in measured_rows(rows) if r.get("output_tokens_per_s")]
     if ok:
         doc.fig(figures.study_panels([str(r.get("label", r.get("key"))).split("-n")[0] for r in ok], [
             ("output throughput", "tokens/s", [r.get("output_tokens_per_s") for r in ok]),

@@ -17,7 +17,7 @@ COLUMNS = [
 
 
 def row(m: Measurement) -> list[str]:
-    mem_gib = m.value("gpu_memory_used_gib") or m.value("rss_peak_gib")
+    mem_gib = m.value("memory_gib")
     w = m.workload
     conc = w["concurrency"] or "inf"
     values = [

@@ -6,57 +6,33 @@ self-contained ``OUT/report.html`` (figures inlined) and ``OUT/report.json`` (th
 figures, for machines). Every number comes from the files read; every section whose data is absent says so.
 Several directories merge (a GPU lease split over sessions); a measurement key seen twice keeps the later run.
 
-This module: loading, the derived figures, the expectations table, the document model (Markdown and HTML from the
-same blocks) and the command; ``report_build`` assembles the sections, ``report_sections`` the studies.
+This module: writing the files and the command. ``data`` loads the results (typed ``Measurement``s, study files as
+JSON) and derives figures, ``build`` assembles the sections, ``studies`` the study sections, ``doc`` the document
+model (Markdown and HTML from the same blocks), ``recommend`` the recommendations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from servingbench.report.data import load_run
-from servingbench.suite.defaults import default_studies_path, default_table_path
+from servingbench.report.data import ReportOptions, load_run
+from servingbench.suite.defaults import default_table_path
 from servingbench.report.recommend import SLOLimits
 
 
-
 # ---- options, assembly, writing --------------------------------------------------------------------------------------
-
-@dataclass
-class ReportOptions:
-    slo: SLOLimits = field(default_factory=SLOLimits)
-    baseline: str | None = None  # the config improvement factors are relative to (default: "hf", else an hf config)
-    workload: str = "lab"  # the comparison load's workload name
-    expectations: Path | None = None
-    peaks: Path | None = None
-    html: bool = True
-    noise: float = 0.05  # relative differences below this are treated as run-to-run noise
-
 
 def default_expectations() -> Path | None:
     path = default_table_path()
     return path if path.is_file() else None
 
 
-def kv_limits(expectations: Path | None) -> tuple[float, float]:
-    """The KV study's own accuracy limits (perf/studies.toml beside the table), else its shipped defaults."""
-    beside = Path(expectations).parent / "studies.toml" if expectations else None
-    path = beside if beside and beside.is_file() else default_studies_path()
-    try:
-        s = tomllib.loads(path.read_text()).get("kv_cache_dtype", {})
-        return float(s.get("min_prompt_top1_agreement", 0.8)), float(s.get("max_prompt_logprob_mae", 0.25))
-    except (OSError, tomllib.TOMLDecodeError):
-        return 0.8, 0.25
-
-
 def write_report(dirs: Sequence[Path | str], out: Path | str, options: ReportOptions | None = None) -> Path:
     """Build the report of ``dirs`` into ``out``; returns the path of report.md."""
-    from servingbench.report.build import build
+    from servingbench.report.build import build  # matplotlib: not at import, so that --help stays instant
 
     opts = options or ReportOptions()
     if opts.expectations is None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
+from servingbench.servers.events import sse_event
 from servingbench.servers.process import ServerConfig
 
 
@@ -38,18 +38,14 @@ def completion_chunk(request_id: str, model: str, text: str, finish_reason: str 
     body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
                          "stop_reason": None}], "usage": None}
-    return _event(body)
+    return sse_event(body)
 
 
 def usage_chunk(request_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> bytes:
     body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [], "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
                                      "completion_tokens": completion_tokens}}
-    return _event(body)
-
-
-def _event(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return sse_event(body)
 
 
 def peer_app(interval_ms: float = 0.0, burst: int = 1, ttft_ms: float = 0.0) -> Any:

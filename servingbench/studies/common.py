@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from servingbench.load.workload import Workload, workload_from
 from servingbench.studies.kv_cache import KVCapacity
 from servingbench.measure.files import atomic_write_json
-from servingbench.measure.environment import software_versions
+from servingbench.measure.measurement import STUDY_SCHEMA as SCHEMA
+from servingbench.measure.measurement import measured_rows
 
 if TYPE_CHECKING:
     from servingbench.measure.measurement import Measurement
     from servingbench.suite.session import BenchSession
 
-SCHEMA = "servingbench.study/1"
 KNEE_METRICS = ("median_e2el_ms", "median_tpot_ms")
 SERVING_FIELDS = (
     "completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
@@ -50,14 +50,14 @@ class StudyParams:
     """One study's parameters for one profile: shared keys overlaid with the ``cpu`` or ``gpu`` ones."""
 
     study: str
-    profile: str  # "cpu" | "gpu"
+    variant: str  # "cpu" | "gpu": the table of studies.toml that overlays the shared keys
     values: Mapping[str, Any]
     source: str
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.values:
-            raise StudyConfigError(f"{self.source}: [{self.study}] has no {key!r} for the {self.profile} profile; "
-                                   f"add {self.profile}.{key} (or {key}) there")
+            raise StudyConfigError(f"{self.source}: [{self.study}] has no {key!r} for the {self.variant} profile; "
+                                   f"add {self.variant}.{key} (or {key}) there")
         return self.values[key]
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -76,9 +76,9 @@ def load_study_params(path: Path | str, study: str, gpu: bool) -> StudyParams:
     if study not in raw:
         raise StudyConfigError(f"{path} has no [{study}] section (it has: {', '.join(sorted(raw))})")
     section = raw[study]
-    profile = "gpu" if gpu else "cpu"
+    variant = "gpu" if gpu else "cpu"
     shared = {k: v for k, v in section.items() if k not in ("cpu", "gpu")}
-    return StudyParams(study, profile, {**shared, **section.get(profile, {})}, str(path))
+    return StudyParams(study, variant, {**shared, **section.get(variant, {})}, str(path))
 
 
 # ---- result files ----------------------------------------------------------------------------------------------
@@ -103,14 +103,13 @@ def record_rows(bench: "BenchSession", study: str, rows: Iterable[dict[str, Any]
             raise ValueError(f"study {study}: a row needs a 'key', got {sorted(row)}")
         by_key[row["key"]] = row
     ordered = sorted(by_key.values(), key=sort_key)
-    p = bench.profile
+    prov = bench.settings.provenance()
+    hw = prov["hardware_identity"]
     doc = {
         "schema": SCHEMA, "study": study,
-        "hardware": {"profile": p.hardware.profile, "gpu": p.hardware.gpu, "gpu_name": p.hardware.gpu_name,
-                     "gpu_count": p.hardware.gpu_count, "cpu": p.hardware.cpu, "cores": p.hardware.cores},
-        "model": {"name": p.model.name, "dtype": p.model.dtype, "num_parameters": p.model.num_parameters,
-                  "max_model_len": p.model.max_model_len},
-        "versions": software_versions(), "updated_at": time.time(), "rows": ordered,
+        # "profile" is the hardware key under the name earlier study files used (the report reads both)
+        "hardware": {"profile": hw["key"], **hw}, "model": prov["model_spec"],
+        "versions": prov["versions"], "updated_at": time.time(), "rows": ordered,
         "findings": findings(ordered),
     }
     atomic_write_json(path, doc)
@@ -123,10 +122,6 @@ def serving_row(m: "Measurement") -> dict[str, Any]:
     return {**{k: flat[k] for k in SERVING_FIELDS}, "rss_peak_gib": m.value("rss_peak_gib"),
             "gpu_memory_used_gib": m.value("gpu_memory_used_gib"), "measurement": m.key,
             "server_startup_s": m.server_startup_s, "client_loop_lag_ms_p99": m.loop_lag_ms_p99}
-
-
-def measured(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("status") == "measured"]
 
 
 # ---- concurrency sweep: the knee --------------------------------------------------------------------------------
@@ -176,7 +171,7 @@ def find_knee(points: Sequence[SweepPoint], metrics: Sequence[str] = KNEE_METRIC
 
 
 def sweep_findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    rows = measured(rows)
+    rows = measured_rows(rows)
     out: dict[str, Any] = {
         "knee_definition": "first level c (vs the previous level c') where p50 E2EL or p50 TPOT grows by more, "
                            "relatively, than output throughput: L(c)/L(c') - 1 > T(c)/T(c') - 1",
@@ -210,7 +205,7 @@ def kv_saving(hit_tokens: float, capacity: KVCapacity) -> dict[str, float | None
 
 
 def prefix_findings(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    by = {r["key"]: r for r in measured(rows)}
+    by = {r["key"]: r for r in measured_rows(rows)}
     out: dict[str, Any] = {"hit_rate_tolerance": tolerance}
     on, off = by.get("on"), by.get("off")
     if on:
@@ -229,7 +224,7 @@ def prefix_findings(rows: list[dict[str, Any]], tolerance: float) -> dict[str, A
 # ---- block size, KV dtype, offline, TP: the derived figures -----------------------------------------------------
 
 def best(rows: Sequence[dict[str, Any]], field: str, key: str, higher: bool = True) -> Any:
-    rows = [r for r in measured(rows) if r.get(field) is not None]
+    rows = [r for r in measured_rows(rows) if r.get(field) is not None]
     if not rows:
         return None
     pick = max(rows, key=lambda r: r[field]) if higher else min(rows, key=lambda r: r[field])
@@ -239,12 +234,12 @@ def best(rows: Sequence[dict[str, Any]], field: str, key: str, higher: bool = Tr
 def block_size_findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"best_output_throughput_block_size": best(rows, "output_throughput", "block_size"),
             "best_median_ttft_block_size": best(rows, "median_ttft_ms", "block_size", higher=False),
-            "measured": [r["block_size"] for r in measured(rows)],
+            "measured": [r["block_size"] for r in measured_rows(rows)],
             "skipped": {str(r["block_size"]): r["reason"] for r in rows if r.get("status") == "skipped"}}
 
 
 def kv_dtype_findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    quantized = [r for r in measured(rows) if r["key"] != "auto"]
+    quantized = [r for r in measured_rows(rows) if r["key"] != "auto"]
     return {"reference": "auto",
             "names": {r["requested"]: r["kv_cache_dtype"] for r in rows if r.get("kv_cache_dtype")},
             "notes": [r["note"] for r in rows if r.get("note")],
@@ -255,7 +250,7 @@ def kv_dtype_findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def offline_findings(rows: list[dict[str, Any]], reference_block_size: int | None) -> dict[str, Any]:
-    ok = measured(rows)
+    ok = measured_rows(rows)
     hf = next((r for r in ok if r["engine"] == "hf"), None)
     vllm = [r for r in ok if r["engine"] == "vllm"]
     ref = next((r for r in vllm if r["block_size"] == reference_block_size), None)

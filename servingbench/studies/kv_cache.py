@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping
 
+from servingbench.suite.models import ModelError, dtype_bytes
+
 GIB = 1024**3
 # The lab's names for KV dtypes -> the names vLLM releases have used for them, in order of preference.
 LAB_KV_DTYPE_NAMES: dict[str, tuple[str, ...]] = {
     "int8": ("int8", "int8_per_token_head"),
     "fp8": ("fp8", "fp8_e4m3"),
 }
-_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bfloat16": 2.0, "fp16": 2.0, "bf16": 2.0}
 _LOG_CAPACITY = re.compile(r"\b([A-Z]{3}) KV cache size: ([\d,]+) tokens")
 _LOG_KV_MEMORY = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 
@@ -81,14 +82,10 @@ def accepted_kv_cache_dtypes(python: str = sys.executable) -> tuple[str, ...]:
 def kv_element_bytes(kv_cache_dtype: str, model_dtype: str) -> float:
     """Bytes per stored KV element: ``auto`` is the model's dtype; fp8 and int8 variants one byte, int4 half."""
     name = model_dtype if kv_cache_dtype == "auto" else kv_cache_dtype
-    name = name.removeprefix("torch.")
-    if name in _BYTES:
-        return _BYTES[name]
-    if name.startswith(("fp8", "int8")):
-        return 1.0
-    if name.startswith(("int4", "nvfp4")):
-        return 0.5
-    raise KVConfigError(f"unknown element size of KV dtype {name!r} (model dtype {model_dtype!r})")
+    try:
+        return dtype_bytes(name)
+    except ModelError:
+        raise KVConfigError(f"unknown element size of KV dtype {name!r} (model dtype {model_dtype!r})") from None
 
 
 # ---- capacity ------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from servingbench.measure.measurement import measured_rows
+
 TP_SIZES = (1, 2, 4)
 
 
@@ -86,7 +88,7 @@ def scaling_efficiency(throughput: Mapping[int, float]) -> dict[int, float]:
 
 
 def tp_findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    done = {r["tensor_parallel_size"]: r["output_throughput"] for r in rows if r.get("status") == "measured"}
+    done = {r["tensor_parallel_size"]: r["output_throughput"] for r in measured_rows(rows)}
     eff = scaling_efficiency(done) if 1 in done else {}
     return {"scaling_efficiency": {str(n): e for n, e in eff.items()},
             "definition": "output throughput at TP=n / (n x output throughput at TP=1)",

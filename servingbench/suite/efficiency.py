@@ -32,26 +32,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-DTYPE_BYTES: dict[str, float] = {
-    "float32": 4, "float": 4, "fp32": 4, "float16": 2, "half": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
-    "float64": 8, "int8": 1, "uint8": 1,
-}
-
+from servingbench.measure.environment import Hardware
+from servingbench.measure.measurement import Measurement
+from servingbench.measure.records import RequestRecord
+from servingbench.suite.models import dtype_bytes
 
 class EfficiencyError(ValueError):
     """A figure that cannot be computed from what was measured; the message says what is missing."""
-
-
-def dtype_bytes(name: str | None) -> float:
-    """Bytes per element of a model or KV dtype name ("float16", "torch.bfloat16", "fp8_e4m3", "int8", ...)."""
-    n = (name or "").removeprefix("torch.").lower()
-    if n in DTYPE_BYTES:
-        return float(DTYPE_BYTES[n])
-    if n.startswith(("fp8", "int8")):
-        return 1.0
-    if n.startswith(("int4", "nvfp4", "fp4")):
-        return 0.5
-    raise EfficiencyError(f"unknown element size of dtype {name!r}")
 
 
 # ---- hardware peaks ---------------------------------------------------------------------------------------------
@@ -97,9 +84,9 @@ def load_peak_table(path: Path | str | None = None) -> list[dict[str, Any]]:
 
 def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[str, Any]],
                count: int | None = None) -> DevicePeaks | None:
-    """The first entry whose profile (exact, or prefix with "*") and GPU-name filter match; None if none does.
+    """The first entry whose spec (exact, or prefix with "*") and GPU-name filter match; None if none does.
 
-    A "-xN" profile suffix (N GPUs) is stripped for the lookup; ``count`` (GPUs the server used), else N, multiplies.
+    A "-xN" spec suffix (N GPUs) is stripped for the lookup; ``count`` (GPUs the server used), else N, multiplies.
     """
     m = re.fullmatch(r"(.+)-x(\d+)", hardware)
     base, suffix_n = (m.group(1), int(m.group(2))) if m else (hardware, 1)
@@ -112,6 +99,22 @@ def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[st
         return DevicePeaks(d["name"], float(d["memory_bandwidth_gb_s"]), dict(d["peak_tflops"]), d["source"],
                            count or suffix_n)
     return None
+
+
+def probed_peaks(hardware: Hardware, gpus: int = 1) -> DevicePeaks:
+    """Peak bandwidth measured on this machine (measure/probes.py: a device-to-device copy on a GPU, a STREAM triad
+    on the threads the engine computes on), cached per machine identity; no FLOP/s peak, so no MFU."""
+    import hashlib
+    import json
+
+    from servingbench.measure.probes import measured_bandwidth
+    from servingbench.suite.models import cache_root
+
+    ident = hashlib.sha256(json.dumps(hardware.identity(), sort_keys=True).encode()).hexdigest()[:10]
+    bw = measured_bandwidth(f"{hardware.key}-{ident}", gpu=hardware.gpu, threads=hardware.engine_threads,
+                            cache_dir=cache_root())
+    return DevicePeaks(f"measured on this machine: {bw.device}", bw.gb_s, {}, f"{bw.method}, {bw.measured_at}",
+                       gpus if hardware.gpu else 1)
 
 
 def host_memory_bandwidth_gb_s(size_mib: int = 256, repeats: int = 8) -> float:
@@ -145,11 +148,11 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelShape":
         """From an HF ``config.json``-style dict (Llama/Mistral field names)."""
-        from servingbench.suite.models import ModelProfile
+        from servingbench.suite.models import ModelSpec
 
         try:
             h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            return cls(num_parameters=ModelProfile("m", "checkpoint", "auto", 0, config=dict(config)).num_parameters,
+            return cls(num_parameters=ModelSpec("m", "checkpoint", "auto", 0, config=dict(config)).num_parameters,
                        vocab_size=int(config["vocab_size"]), hidden_size=h,
                        num_layers=int(config["num_hidden_layers"]), num_attention_heads=heads,
                        num_kv_heads=int(config.get("num_key_value_heads") or heads),
@@ -219,17 +222,12 @@ def compute_efficiency(shape: ModelShape, *, output_tokens_per_s: float, batch: 
         mfu_all_tokens=all_flops / peak_f if peak_f else None, peaks=peaks)
 
 
-def _ok(r: Mapping[str, Any]) -> bool:
-    return r.get("error") is None and bool(r.get("chunk_times"))
-
-
-def decode_batch(records: Iterable[Mapping[str, Any]]) -> float | None:
+def decode_batch(records: Iterable[RequestRecord]) -> float | None:
     """Time-averaged sequences in decode (first to last content chunk) over the union of those intervals.
 
     Unlike the client's concurrency, this sees what the server batched: a sequential server whose queue holds 10
     requests decodes 1 at a time, and this returns ~1."""
-    spans = sorted((r["chunk_times"][0], r["chunk_times"][-1]) for r in records
-                   if _ok(r) and len(r["chunk_times"]) > 1)
+    spans = sorted((r.chunk_times[0], r.chunk_times[-1]) for r in records if r.success and len(r.chunk_times) > 1)
     if not spans:
         return None
     total = sum(b - a for a, b in spans)
@@ -244,63 +242,70 @@ def decode_batch(records: Iterable[Mapping[str, Any]]) -> float | None:
     return total / union if union > 0 else None
 
 
-def mean_context(records: Iterable[Mapping[str, Any]]) -> float | None:
-    ok = [r for r in records if _ok(r)]
+def mean_context(records: Iterable[RequestRecord]) -> float | None:
+    ok = [r for r in records if r.success]
     if not ok:
         return None
-    return sum(r["prompt_len"] + (r.get("output_tokens") or len(r["chunk_times"])) / 2 for r in ok) / len(ok)
+    return sum(r.prompt_len + (r.output_tokens or len(r.chunk_times)) / 2 for r in ok) / len(ok)
 
 
-def model_config_for(m: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The architecture of a measurement's model: a built-in profile by name, else the served config.json."""
+def model_config_for(m: Measurement) -> dict[str, Any] | None:
+    """The architecture of a measurement's model: a built-in model by name, else the served config.json."""
     import json
 
-    from servingbench.suite.models import ProfileError, get_profile
+    from servingbench.suite.models import ModelError, get_model
 
-    name = (m.get("environment") or {}).get("model") or (m.get("config") or {}).get("served_model_name")
+    name = m.environment.get("model") or m.config.get("served_model_name")
     if name:
         try:
-            profile = get_profile(name)
-            if profile.config:
-                return dict(profile.config, torch_dtype=profile.dtype)
-        except ProfileError:
+            spec = get_model(name)
+            if spec.config:
+                return dict(spec.config, torch_dtype=spec.dtype)
+        except ModelError:
             pass
-    path = Path(str((m.get("config") or {}).get("model", ""))) / "config.json"
+    path = Path(str(m.config.get("model", ""))) / "config.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def measurement_efficiency(m: Mapping[str, Any], devices: Sequence[Mapping[str, Any]],
+def gpus_used(m: Measurement) -> int:
+    """GPUs the measured server ran on: its tensor-parallel size for vLLM, else one."""
+    return int(m.config.get("tensor_parallel_size") or 1) if m.engine == "vllm" else 1
+
+
+def peaks_for(m: Measurement, devices: Sequence[Mapping[str, Any]]) -> DevicePeaks | None:
+    """The table's peaks for the hardware a measurement ran on (its recorded key and GPU name)."""
+    gpus = m.environment.get("gpus") or []
+    return find_peaks(m.environment.get("hardware", ""), gpus[0]["name"] if gpus else None, devices,
+                      count=gpus_used(m))
+
+
+def measurement_efficiency(m: Measurement, peaks: DevicePeaks | None,
                            model_config: Mapping[str, Any] | None = None) -> Efficiency:
-    """MBU/MFU of one saved measurement (``Measurement.to_dict()``); raises EfficiencyError saying what is missing."""
+    """MBU/MFU of one measurement against ``peaks`` (None: figures without MBU/MFU); raises EfficiencyError
+    saying what is missing."""
     config = model_config or model_config_for(m)
     if not config:
-        raise EfficiencyError("model architecture unknown (no built-in profile and no readable config.json)")
+        raise EfficiencyError("model architecture unknown (no built-in model and no readable config.json)")
     shape = ModelShape.from_config(config)
-    cfg = m.get("config") or {}
-    dtype = cfg.get("dtype")
+    dtype = m.config.get("dtype")
     if dtype in (None, "", "auto"):
         dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
-    records = m.get("records") or []
-    batch = decode_batch(records)
-    if batch is None and m.get("mean_tpot_ms"):
-        batch = m["output_throughput"] * m["mean_tpot_ms"] / 1000.0  # B = tokens/s x s per step
+    metrics = m.metrics
+    batch = decode_batch(m.records)
+    if batch is None and metrics.tpot.count:
+        batch = metrics.output_throughput * metrics.tpot.mean / 1000.0  # B = tokens/s x s per step
     if not batch:
         raise EfficiencyError("no decode batch: no request produced more than one content chunk")
-    w = m.get("workload") or {}
-    context = mean_context(records) or (w.get("prompt_len", 0) + w.get("output_len", 0) / 2)
-    kv_dtype = (m.get("kv_cache") or {}).get("cache_dtype") or cfg.get("kv_cache_dtype") or "auto"
-    env = m.get("environment") or {}
-    gpus = env.get("gpus") or []
-    tp = int(cfg.get("tensor_parallel_size") or 1) if m.get("engine") == "vllm" else 1
-    peaks = find_peaks(env.get("hardware", ""), gpus[0]["name"] if gpus else None, devices, count=tp)
-    duration = m.get("duration") or 0.0
+    context = mean_context(m.records) or (m.workload.get("prompt_len", 0) + m.workload.get("output_len", 0) / 2)
+    kv_dtype = m.kv_cache.get("cache_dtype") or m.config.get("kv_cache_dtype") or "auto"
     # prompt tokens found in the prefix cache are not computed again; vLLM's rate is cumulative since start-up
-    hit = float((m.get("kv_cache") or {}).get("prefix_cache_hit_rate_cumulative") or 0.0)
-    prompt_rate = m.get("total_input_tokens", 0) * (1 - hit) / duration if duration else 0.0
-    prompt_len = m.get("total_input_tokens", 0) / max(1, m.get("completed", 0))
-    return compute_efficiency(shape, output_tokens_per_s=m["output_throughput"], batch=batch, context=context,
+    hit = float(m.kv_cache.get("prefix_cache_hit_rate_cumulative") or 0.0)
+    duration = metrics.duration
+    prompt_rate = metrics.total_input_tokens * (1 - hit) / duration if duration else 0.0
+    prompt_len = metrics.total_input_tokens / max(1, metrics.completed)
+    return compute_efficiency(shape, output_tokens_per_s=metrics.output_throughput, batch=batch, context=context,
                               weight_dtype=str(dtype), kv_dtype=str(kv_dtype), peaks=peaks,
                               prompt_tokens_per_s=prompt_rate, prompt_len=prompt_len)

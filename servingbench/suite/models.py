@@ -1,8 +1,8 @@
-"""Model profiles: which model a run serves, and how it comes to exist on disk without a download.
+"""Model specs: which model a run serves, and how it comes to exist on disk without a download.
 
 Three kinds:
 - ``generated``: a Llama built here from a seed (weights and a word-level tokenizer), saved in HF format under
-  the cache and reused. Both vLLM and HF load it. The CPU profile is one; ``llama-2-7b-seeded`` is the 7B shape
+  the cache and reused. Both vLLM and HF load it. The CPU spec is one; ``llama-2-7b-seeded`` is the 7B shape
   with seeded weights, for what dummy weights cannot show (a quantized KV cache's accuracy cost).
 - ``shaped``: the architecture of a real model (Llama-2-7B, Mistral-7B) with random weights. On disk it is only
   ``config.json`` plus a tokenizer of the right vocabulary; vLLM fills weights with ``--load-format dummy`` and
@@ -34,12 +34,12 @@ CHAT_TEMPLATE = (
 )
 
 
-class ProfileError(ValueError):
-    """A model profile or model path that cannot be used; the message says how to fix it."""
+class ModelError(ValueError):
+    """A model spec or model path that cannot be used; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
-class ModelProfile:
+class ModelSpec:
     name: str
     kind: str  # "generated" | "shaped" | "checkpoint"
     dtype: str
@@ -50,7 +50,7 @@ class ModelProfile:
 
     @property
     def load_format(self) -> str:
-        """vLLM's --load-format: shaped profiles have no weights on disk."""
+        """vLLM's --load-format: shaped specs have no weights on disk."""
         return "dummy" if self.kind == "shaped" else "auto"
 
     @property
@@ -84,36 +84,36 @@ class ModelProfile:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def builtin_profiles() -> dict[str, ModelProfile]:
+def builtin_models() -> dict[str, ModelSpec]:
     """models.json's profiles; ``"config_of": NAME`` reuses another profile's architecture (one shape, two kinds)."""
     raw = {k: v for k, v in json.loads(resources.files("servingbench.data").joinpath("models.json").read_text())
            .items() if not k.startswith("_")}
     return {
-        name: ModelProfile(name=name, kind=e["kind"], dtype=e["dtype"], max_model_len=e["max_model_len"],
+        name: ModelSpec(name=name, kind=e["kind"], dtype=e["dtype"], max_model_len=e["max_model_len"],
                            seed=e.get("seed", 0), config=raw[e["config_of"]]["config"] if "config_of" in e
                            else e["config"])
         for name, e in raw.items()
     }
 
 
-def get_profile(name_or_path: str) -> ModelProfile:
-    """A built-in profile by name, else a checkpoint (a local directory, or a hub id containing '/')."""
-    profiles = builtin_profiles()
-    if name_or_path in profiles:
-        return profiles[name_or_path]
+def get_model(name_or_path: str) -> ModelSpec:
+    """A built-in model by name, else a checkpoint (a local directory, or a hub id containing '/')."""
+    specs = builtin_models()
+    if name_or_path in specs:
+        return specs[name_or_path]
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ProfileError(f"model directory {local} has no config.json; point --model at an HF-format checkpoint")
+            raise ModelError(f"model directory {local} has no config.json; point --model at an HF-format checkpoint")
         config = json.loads((local / "config.json").read_text())
-        return ModelProfile(name=local.name, kind="checkpoint", dtype=str(config.get("torch_dtype", "auto")),
+        return ModelSpec(name=local.name, kind="checkpoint", dtype=str(config.get("torch_dtype", "auto")),
                             max_model_len=int(config.get("max_position_embeddings", 4096)),
                             config=config, path=str(local.resolve()))
     if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
-        return ModelProfile(name=name_or_path.split("/")[-1], kind="checkpoint", dtype="auto",
+        return ModelSpec(name=name_or_path.split("/")[-1], kind="checkpoint", dtype="auto",
                             max_model_len=4096, path=name_or_path)
-    raise ProfileError(
-        f"unknown model {name_or_path!r}: use a built-in profile ({', '.join(sorted(profiles))}), "
+    raise ModelError(
+        f"unknown model {name_or_path!r}: use a built-in model ({', '.join(sorted(specs))}), "
         "an existing local directory with config.json, or a hub id like org/name")
 
 
@@ -121,12 +121,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("SERVINGBENCH_CACHE", Path.home() / ".cache" / "servingbench"))
 
 
-def materialize(profile: ModelProfile, root: Path | None = None) -> str:
+def materialize(spec: ModelSpec, root: Path | None = None) -> str:
     """Return what to pass as --model: a directory built on first use (then reused), or the checkpoint."""
-    if profile.kind == "checkpoint":
-        assert profile.path is not None
-        return profile.path
-    target = (root or cache_root()) / "models" / f"{profile.name}-{profile.fingerprint()}"
+    if spec.kind == "checkpoint":
+        assert spec.path is not None
+        return spec.path
+    target = (root or cache_root()) / "models" / f"{spec.name}-{spec.fingerprint()}"
     if (target / ".complete").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +136,8 @@ def materialize(profile: ModelProfile, root: Path | None = None) -> str:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         tmp.chmod(0o755)
         try:
-            _build(profile, tmp)
-            (tmp / ".complete").write_text(profile.fingerprint())
+            _build(spec, tmp)
+            (tmp / ".complete").write_text(spec.fingerprint())
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)  # atomic: readers never see a half-written model
@@ -156,38 +156,38 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(profile: ModelProfile, out: Path) -> None:
-    _build_tokenizer(profile.config["vocab_size"], out)
-    if profile.kind == "shaped":
-        config = dict(profile.config, torch_dtype=profile.dtype, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+def _build(spec: ModelSpec, out: Path) -> None:
+    _build_tokenizer(spec.config["vocab_size"], out)
+    if spec.kind == "shaped":
+        config = dict(spec.config, torch_dtype=spec.dtype, bos_token_id=1, eos_token_id=2, pad_token_id=3)
         (out / "config.json").write_text(json.dumps(config, indent=2))
         return
-    if profile.build_device == "cpu":
-        _draw_weights(profile, str(out), "cpu")
+    if spec.build_device == "cpu":
+        _draw_weights(spec, str(out), "cpu")
         return
     # A child process, so that this one (the pytest session) holds no CUDA context or cached GPU memory that the
     # servers started next would find taken.
-    child = multiprocessing.get_context("spawn").Process(target=_draw_weights, args=(profile, str(out), "cuda"))
+    child = multiprocessing.get_context("spawn").Process(target=_draw_weights, args=(spec, str(out), "cuda"))
     child.start()
     child.join()
     if child.exitcode:
-        raise ProfileError(f"drawing the seeded weights of {profile.name} on the GPU failed (exit {child.exitcode}; "
-                           f"its traceback is above); free GPU memory ({profile.num_parameters * 2 / 2**30:.0f} GiB "
+        raise ModelError(f"drawing the seeded weights of {spec.name} on the GPU failed (exit {child.exitcode}; "
+                           f"its traceback is above); free GPU memory ({spec.num_parameters * 2 / 2**30:.0f} GiB "
                            "needed) or build it on a machine without a GPU")
 
 
-def _draw_weights(profile: ModelProfile, out: str, device: str) -> None:
+def _draw_weights(spec: ModelSpec, out: str, device: str) -> None:
     """HF's own initialisation (normal, std = initializer_range; norms at 1), seeded, saved as safetensors."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = dict(profile.config)
+    cfg = dict(spec.config)
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
     config = AutoConfig.for_model(model_type, bos_token_id=1, eos_token_id=2, pad_token_id=3, **cfg)
-    torch.manual_seed(profile.seed)
+    torch.manual_seed(spec.seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, profile.dtype))
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype))
     model.save_pretrained(out, safe_serialization=True)
 
 
@@ -227,3 +227,21 @@ def _build_tokenizer(vocab_size: int, out: Path) -> None:
         additional_special_tokens=SPECIAL_TOKENS[4:], model_max_length=1 << 20)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
+
+
+DTYPE_BYTES: dict[str, float] = {
+    "float32": 4, "float": 4, "fp32": 4, "float16": 2, "half": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
+    "float64": 8, "int8": 1, "uint8": 1,
+}
+
+
+def dtype_bytes(name: str | None) -> float:
+    """Bytes per element of a model or KV dtype name ("float16", "torch.bfloat16", "fp8_e4m3", "int8", ...)."""
+    n = (name or "").removeprefix("torch.").lower()
+    if n in DTYPE_BYTES:
+        return float(DTYPE_BYTES[n])
+    if n.startswith(("fp8", "int8")):
+        return 1.0
+    if n.startswith(("int4", "nvfp4", "fp4")):
+        return 0.5
+    raise ModelError(f"unknown element size of dtype {name!r}")

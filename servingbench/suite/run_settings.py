@@ -2,7 +2,7 @@
 
 A named config ("vllm", "hf", "vllm-block64", ...) holds only what differs from the engine's defaults; what
 depends on the hardware and model (model path, dtype, context length, load format, memory settings) comes from
-the ``RunProfile``. So the same table entry means the same thing on the CPU and on a GPU.
+the ``RunSettings``. So the same table entry means the same thing on the CPU and on a GPU.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from servingbench.load.workload import ConfigError
 from servingbench.measure.environment import Hardware
-from servingbench.suite.models import ModelProfile
+from servingbench.suite.models import ModelSpec
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerConfig
 from servingbench.servers.vllm import VLLMConfig
@@ -25,13 +25,25 @@ GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default, stated so that it is recorded wi
 
 
 @dataclass(frozen=True)
-class RunProfile:
+class RunSettings:
     """Everything a run's configs inherit: the hardware, the model and where it lives."""
 
     hardware: Hardware
-    model: ModelProfile
+    model: ModelSpec
     model_path: str
     tensor_parallel_size: int = 1
+
+    def provenance(self) -> dict[str, Any]:
+        """What a figure was measured on, as every result file records it (measurements, studies, calibration)."""
+        from servingbench.measure import telemetry
+        from servingbench.measure.environment import software_versions
+
+        m = self.model
+        return {"hardware": self.hardware.key, "hardware_identity": self.hardware.to_dict(), "model": m.name,
+                "model_spec": {"name": m.name, "dtype": m.dtype, "num_parameters": m.num_parameters,
+                               "max_model_len": m.max_model_len},
+                "tensor_parallel_size": self.tensor_parallel_size, "versions": software_versions(),
+                "gpus": telemetry.gpu_info() if self.hardware.gpu else []}
 
     @property
     def vocab_size(self) -> int:

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import psutil
 
 from servingbench.measure import telemetry
-from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
 from servingbench.load.generator import run_load
 from servingbench.measure.measurement import Measurement, find_measurement_files, load_measurement, measurement_from_dict
-from servingbench.measure.environment import software_versions
 from servingbench.servers.pool import ServerPool, ServerUnavailable
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
 from servingbench.servers.vllm import kv_cache_info
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class BenchSession:
-    profile: RunProfile
+    settings: RunSettings
     results_dir: Path
     configs: dict[str, dict[str, Any]]
     api_key: str | None = None
@@ -47,7 +46,7 @@ class BenchSession:
 
     def __post_init__(self) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        self.pool = ServerPool(self.results_dir / "logs", api_key=self.api_key, gpu=self.profile.hardware.gpu,
+        self.pool = ServerPool(self.results_dir / "logs", api_key=self.api_key, gpu=self.settings.hardware.gpu,
                                startup_timeout=self.startup_timeout_s)
 
     @property
@@ -58,18 +57,22 @@ class BenchSession:
         if overrides:
             entry = dict(self.configs.get(name, {}), **overrides)
             engine = entry.pop("engine")
-            return self.profile.server_config(engine, **entry)
-        return self.profile.named_config(name, self.configs)
+            return self.settings.server_config(engine, **entry)
+        return self.settings.named_config(name, self.configs)
 
     def workload(self, table: "ExpectationTable", name: str, config_name: str) -> Workload:
         """The variant of workload ``name`` that ``config_name`` runs on this hardware."""
-        return table.workload(name, self.profile.hardware.gpu, self.config(config_name).engine)
+        return table.workload(name, self.settings.hardware.gpu, self.config(config_name).engine)
 
     def measure(self, config_name: str, workload: Workload, *, config: ServerConfig | None = None,
-                after: Callable[[ServerProcess | None, Measurement], None] | None = None) -> Measurement:
-        """Run ``workload`` against ``config_name`` once per session; later calls return the same result."""
+                after: Callable[[ServerProcess | None, Measurement], None] | None = None,
+                round: int | None = None) -> Measurement:
+        """Run ``workload`` against ``config_name`` once per session; later calls return the same result.
+
+        ``round`` numbers repeated runs of the same workload (calibration, the gate's rounds): each is its own
+        measurement, with fresh prompts, on the server that is running (stop the pool to restart it)."""
         config = config or self.config(config_name)
-        key = f"{config_name}--{workload.label}"
+        key = f"{config_name}--{workload.label}" + (f"--r{round}" if round is not None else "")
         if key in self.measurements:
             return self.measurements[key]
         if key in self.errors:
@@ -89,12 +92,12 @@ class BenchSession:
         run_index = self._runs_per_config.get(config_name, 0)
         self._runs_per_config[config_name] = run_index + 1
         seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
-        specs = workload.specs(self.profile.vocab_size, seed)
+        specs = workload.specs(self.settings.vocab_size, seed)
         sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
         with sampler:
             result = asyncio.run(run_load(url, model, specs, workload.shape(seed, self.request_timeout_s),
                                           api_key=self.api_key, progress=self.progress,
-                                          warmup_specs=workload.warmup_specs(self.profile.vocab_size, seed)))
+                                          warmup_specs=workload.warmup_specs(self.settings.vocab_size, seed)))
         warnings = list(result.warnings)
         if server is not None and not server.is_running():
             warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
@@ -105,8 +108,7 @@ class BenchSession:
             server_startup_s=server.startup_seconds if server else None, server_url=url,
             memory_total_gib=psutil.virtual_memory().total / telemetry.GIB,
             kv_cache=kv_cache_info(url, self.api_key) if config.engine == "vllm" else {}, warnings=warnings,
-            environment={"hardware": self.profile.hardware.profile, "model": self.profile.model.name,
-                         "versions": software_versions(), "gpus": telemetry.gpu_info()},
+            environment=self.settings.provenance(),
             loop_lag_ms_p99=result.loop_lag_ms_p99)
         if after is not None:
             after(server, m)

@@ -23,12 +23,12 @@ import psutil
 import pytest
 
 from servingbench.servers import process as server_mod
-from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
 from servingbench.load.datasets import random_token_prompts
 from servingbench.measure.environment import detect
 from servingbench.load.generator import LoadShape, run_load
-from servingbench.suite.models import get_profile
+from servingbench.suite.models import get_model
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
 from servingbench.servers.vllm import VLLMConfig
@@ -79,7 +79,7 @@ TIMEOUT_S = 60.0
 @pytest.fixture
 def bench(model_dir: str, tmp_path: Path) -> Iterator[BenchSession]:
     """A session with two HF configs; its pool's server is stopped whatever the test's outcome."""
-    profile = RunProfile(detect(False), get_profile(MODEL), model_dir)
+    profile = RunSettings(detect(False), get_model(MODEL), model_dir)
     configs = {"hf": {"engine": "hf"}, "hf-batch2": {"engine": "hf", "max_batch_size": 2}}
     session = BenchSession(profile, tmp_path / "results", configs, request_timeout_s=TIMEOUT_S,
                            startup_timeout_s=120)

@@ -44,12 +44,12 @@ import psutil
 import pytest
 
 from servingbench.measure import telemetry
-from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
 from servingbench.load.datasets import random_token_prompts
 from servingbench.measure.environment import detect
 from servingbench.load.generator import LoadShape, run_load
-from servingbench.suite.models import get_profile
+from servingbench.suite.models import get_model
 from servingbench.measure.records import RequestRecord
 from servingbench.servers.process import LOCALHOST, ServerProcess
 from servingbench.suite.session import BenchSession
@@ -262,7 +262,7 @@ def vllm_bench(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """A BenchSession whose vLLM server requires an API key and has a hub token in its environment."""
     env = pytest.MonkeyPatch()
     env.setenv("HF_TOKEN", HUB_TOKEN)
-    profile = RunProfile(detect(False), get_profile(MODEL), model_dir)
+    profile = RunSettings(detect(False), get_model(MODEL), model_dir)
     configs = {"vllm": {"engine": "vllm", "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}}
     bench = BenchSession(profile, tmp_path_factory.mktemp("vllm-results"), configs, api_key=API_KEY,
                          request_timeout_s=120, startup_timeout_s=400)

@@ -267,7 +267,7 @@ OLD = {"schema": "old", "completed": 100, "records": list(range(50))}
 
 WRITER = """
 import os, sys, time
-from servingbench.measure import measurement as results
+from servingbench.measure import files as results
 path, ready = sys.argv[1], sys.argv[2]
 real_fsync = os.fsync
 def fsync_then_hang(fd):

@@ -87,8 +87,8 @@ def test_output_tokens_fall_back_to_chunk_count_without_usage() -> None:
 
 
 def test_empty_distribution_and_zero_duration() -> None:
-    d = Distribution.of([])
-    assert d.count == 0 and d.mean == 0.0
+    d = Distribution.of([])  # missing, never zeros: a zero would pass every max bound (issue 15)
+    assert d.count == 0 and math.isnan(d.mean) and math.isnan(d.percentiles[99])
     m = compute_metrics([], 0.0)
     assert m.completed == 0 and math.isnan(m.output_throughput)
 

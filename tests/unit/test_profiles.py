@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from servingbench.suite import models as profiles
-from servingbench.suite.models import ModelProfile, ProfileError, builtin_profiles, materialize
+from servingbench.suite.models import ModelSpec, ModelError, builtin_models, materialize
 
-TINY = ModelProfile(name="tiny", kind="generated", dtype="float32", max_model_len=64, seed=7, config={
+TINY = ModelSpec(name="tiny", kind="generated", dtype="float32", max_model_len=64, seed=7, config={
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128, "hidden_size": 32,
     "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
     "max_position_embeddings": 64, "tie_word_embeddings": False})
 
 
 def test_seeded_7b_is_the_dummy_7b_shape_with_weights() -> None:
-    p = builtin_profiles()
+    p = builtin_models()
     seeded, shaped = p["llama-2-7b-seeded"], p["llama-2-7b"]
     assert seeded.config == shaped.config and seeded.num_parameters == shaped.num_parameters > 6e9
     assert (seeded.kind, seeded.load_format) == ("generated", "auto")  # vLLM loads the drawn weights
@@ -26,7 +26,7 @@ def test_seeded_7b_is_the_dummy_7b_shape_with_weights() -> None:
 
 
 def test_only_large_generated_models_are_drawn_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = builtin_profiles()
+    p = builtin_models()
     before = {name: prof.fingerprint() for name, prof in p.items()}
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert p["llama-2-7b-seeded"].build_device == "cuda"
@@ -53,7 +53,7 @@ def test_a_failed_gpu_draw_names_the_problem(tmp_path: Path, monkeypatch: pytest
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the draw would succeed")
-    monkeypatch.setattr(ModelProfile, "build_device", property(lambda self: "cuda"))
-    with pytest.raises(ProfileError, match="drawing the seeded weights of tiny on the GPU failed"):
+    monkeypatch.setattr(ModelSpec, "build_device", property(lambda self: "cuda"))
+    with pytest.raises(ModelError, match="drawing the seeded weights of tiny on the GPU failed"):
         profiles.materialize(TINY, tmp_path)
     assert not list((tmp_path / "models").glob("tiny-*/.complete"))  # nothing half-built is left to reuse

@@ -20,8 +20,12 @@ from typing import Any
 import matplotlib.image
 import pytest
 
+from servingbench.measure.measurement import Measurement, measurement_from_dict
+from servingbench.measure.metrics import PERCENTILES, BenchmarkMetrics, Distribution
+from servingbench.measure.records import RequestRecord
+from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.suite import efficiency as eff
-from servingbench.suite.models import get_profile
+from servingbench.suite.models import get_model
 from servingbench.report.recommend import SLOLimits, block_size_advice, kv_quant_advice, recommend_concurrency
 from servingbench.report.write import write_report
 from servingbench.studies.common import block_size_findings, kv_dtype_findings, offline_findings, prefix_findings
@@ -35,7 +39,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # Llama-2-7B: embeddings 32000 x 4096 = 131,072,000; per layer 4 x 4096^2 (attention) + 3 x 4096 x 11008 (MLP)
 # + 2 x 4096 (norms) = 202,383,360; x 32 = 6,476,267,520; + final norm 4096 + LM head 131,072,000
 # = 6,738,415,616 parameters, of which a decode step streams all but the input embedding: 6,607,343,616.
-LLAMA7B = eff.ModelShape.from_config(get_profile("llama-2-7b").config)
+LLAMA7B = eff.ModelShape.from_config(get_model("llama-2-7b").config)
 H100_SXM = eff.DevicePeaks("H100 SXM", 3350.0, {"float16": 989.4}, "datasheet")
 
 
@@ -66,7 +70,7 @@ def test_mbu_and_mfu_by_hand() -> None:
 
 
 def test_gqa_and_fp8_kv_shrink_the_kv_term_only() -> None:
-    mistral = eff.ModelShape.from_config(get_profile("mistral-7b").config)
+    mistral = eff.ModelShape.from_config(get_model("mistral-7b").config)
     assert mistral.kv_bytes_per_token(2) == 2 * 32 * 8 * 128 * 2 == 131_072  # 8 KV heads, not 32
     a = eff.compute_efficiency(mistral, output_tokens_per_s=100, batch=4, context=1000, weight_dtype="bfloat16",
                                kv_dtype="auto", peaks=None)
@@ -82,14 +86,15 @@ def test_prefill_flops_skip_the_lm_head_and_attend_half_the_prompt() -> None:
 
 
 def test_decode_batch_is_what_the_server_batched() -> None:
-    def rec(first: float, last: float) -> dict[str, Any]:
-        return {"chunk_times": [first, (first + last) / 2, last], "error": None, "prompt_len": 8, "output_tokens": 3}
+    def rec(first: float, last: float) -> RequestRecord:
+        return RequestRecord("r", prompt_len=8, max_tokens=3, chunk_times=[first, (first + last) / 2, last],
+                             output_tokens=3)
 
     # a sequential server: 3 requests decode one after another -> 1.0 whatever the client's concurrency
     assert eff.decode_batch([rec(0, 1), rec(1, 2), rec(2, 3)]) == pytest.approx(1.0)
     # two overlapping the whole time, then one alone: (2 + 2 + 1) seconds of decoding over a 3 s union
     assert eff.decode_batch([rec(0, 2), rec(0, 2), rec(2, 3)]) == pytest.approx(5 / 3)
-    assert eff.decode_batch([{"chunk_times": [1.0], "error": None}]) is None  # one chunk: no decode step seen
+    assert eff.decode_batch([RequestRecord("r", 8, 3, chunk_times=[1.0])]) is None  # one chunk: no decode step seen
     assert eff.mean_context([rec(0, 1)]) == 8 + 3 / 2
 
 
@@ -105,10 +110,23 @@ def test_peaks_lookup() -> None:
 
 # ---- recommendation rules on hand-built rows ----------------------------------------------------------------------
 
-def level(c: int, tput: float, ttft99: float, tpot99: float) -> dict[str, Any]:
-    return {"key": f"x-c{c}", "config_name": "x", "output_throughput": tput, "p99_ttft_ms": ttft99,
-            "p99_tpot_ms": tpot99, "workload": {"name": "s", "concurrency": c, "num_requests": 2 * c,
-                                                "prompt_len": 512, "output_len": 256}}
+def flat(ms: float) -> Distribution:
+    """A latency distribution whose every percentile is ``ms``."""
+    return Distribution(ms, ms, 0.0, ms, ms, {p: ms for p in PERCENTILES}, 1)
+
+
+def level(c: int, tput: float, ttft99: float, tpot99: float) -> Measurement:
+    metrics = BenchmarkMetrics(duration=1.0, completed=2 * c, failed=0, total_input_tokens=2 * c * 512,
+                               total_output_tokens=round(tput), request_throughput=2.0 * c, output_throughput=tput,
+                               total_token_throughput=tput + 2 * c * 512, request_goodput=None,
+                               max_concurrent_requests=c, ttft=flat(ttft99), tpot=flat(tpot99), itl=flat(tpot99),
+                               e2el=flat(ttft99 + 255 * tpot99), queue_time=flat(0.0))
+    m = Measurement(key=f"x-c{c}", engine="vllm", config_name="x", config={},
+                    workload={"name": "s", "concurrency": c, "num_requests": 2 * c, "prompt_len": 512,
+                              "output_len": 256}, metrics=metrics, telemetry=TelemetrySummary(), records=[],
+                    started_at=0.0)
+    assert (m.value("output_throughput"), m.value("p99_ttft_ms"), m.value("p99_tpot_ms")) == (tput, ttft99, tpot99)
+    return m
 
 
 SWEEP = [level(1, 100, 30, 6), level(8, 700, 120, 7), level(32, 2000, 900, 11), level(64, 2600, 2500, 16)]
@@ -142,6 +160,137 @@ def test_block_size_and_kv_quantization_rules() -> None:
     advice = kv_quant_advice(unscored, 40_000, load, 0.8, 0.25)  # dummy weights: capacity only
     assert advice.choice is None and "up to 2x tokens per GiB" in advice.verdict
     assert "llama-2-7b-seeded" in advice.verdict
+
+
+# ---- loading: measurement files read back as Measurements ---------------------------------------------------------
+
+H100_ENV = {"hardware": "H100-80GB", "model": "llama-2-7b",
+            "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_total_gib": 79.6, "driver": "570.1"}],
+            "versions": {"vllm": "0.26.0"}}
+
+
+def made(c: int, started_at: float, gap: float = 0.01, n: int | None = None, config: str = "vllm",
+         error: str | None = None) -> Measurement:
+    """A vLLM run of n (default 2c) requests at concurrency c (512 prompt / 16 output tokens), its metrics from its
+    records; ``error``: every request failed with it."""
+    from servingbench.measure.metrics import compute_metrics
+
+    n = n or 2 * c
+    records = [RequestRecord(f"r{i}", 512, 16, queued_at=0.0, start=(i // c) * 0.5, error=error,
+                             chunk_times=[] if error else [(i // c) * 0.5 + 0.1 + gap * j for j in range(16)],
+                             output_tokens=None if error else 16) for i in range(n)]
+    w = {"name": "lab", "num_requests": n, "concurrency": c, "prompt_len": 512, "output_len": 16}
+    duration = max((r.chunk_times[-1] for r in records if r.chunk_times), default=1.0)
+    return Measurement(key=f"{config}--lab-n{n}-c{c}-p512-o16", engine="vllm", config_name=config,
+                       config={"device": "cuda", "gpu_memory_utilization": 0.9, "dtype": "float16"}, workload=w,
+                       metrics=compute_metrics(records, duration), telemetry=TelemetrySummary(),
+                       records=records, started_at=started_at, environment=H100_ENV)
+
+
+def test_load_run_reads_measurements_typed(tmp_path: Path) -> None:
+    from servingbench.measure.metrics import batch_efficiency
+    from servingbench.report.data import batch_efficiency as report_batch_efficiency, load_run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    made(4, started_at=1.0).save(a)
+    made(1, started_at=1.0).save(a)
+    made(4, started_at=2.0, gap=0.005).save(b)  # the same key, run later (and faster)
+    (a / "measurements" / "broken.json").write_text("{not json")
+    (a / "other.json").write_text(json.dumps({"schema": "something/else"}))
+    (a / "summary.json").write_text(json.dumps({"notes": ["lease ended"]}))
+    for dirs in ([a, b], [b, a]):  # whichever directory comes first, the later run is kept
+        data = load_run(dirs)
+        assert [(m.key, m.started_at) for m in data.measurements] == [("vllm--lab-n2-c1-p512-o16", 1.0),
+                                                                      ("vllm--lab-n8-c4-p512-o16", 2.0)]
+        assert all(isinstance(m, Measurement) for m in data.measurements)
+        assert sum("appears twice" in n for n in data.notes) == 1
+        assert sum(n.startswith(f"skipped unreadable {a / 'measurements' / 'broken.json'}") for n in data.notes) == 1
+        assert "session note: lease ended" in data.notes and not any("other.json" in n for n in data.notes)
+    assert (data.hardware, data.model, data.gpu) == ("H100-80GB", "llama-2-7b", True)
+    one, four = data.measurements
+    assert report_batch_efficiency(four, data.measurements) == batch_efficiency(
+        four.metrics.output_throughput, one.metrics.output_throughput, 4)
+    assert report_batch_efficiency(one, data.measurements) is None  # concurrency 1: undefined
+    with pytest.raises(FileNotFoundError, match="results directory .* does not exist"):
+        load_run([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no servingbench measurements or studies under"):
+        load_run([tmp_path / "empty"])
+
+
+def test_report_of_made_measurements(tmp_path: Path) -> None:
+    made(4, started_at=1.0).save(tmp_path / "r")
+    made(1, started_at=1.0).save(tmp_path / "r")
+    md = write_report([tmp_path / "r"], tmp_path / "out").read_text()
+    machine = json.loads((tmp_path / "out" / "report.json").read_text())
+    four = made(4, 1.0)
+    e = eff.measurement_efficiency(four, eff.peaks_for(four, eff.load_peak_table()))
+    assert e.peaks is not None and e.peaks.memory_bandwidth_gb_s == 3350  # H100 SXM, from the recorded GPU name
+    assert machine["efficiency"][four.key]["mbu"] == pytest.approx(e.mbu)
+    row = table_row(md.split("## All measurements")[1], four.key)
+    assert row[1:4] == ["vllm", "8/0", f"{four.metrics.output_throughput:.1f}"]
+    assert row[4] == f"{four.value('median_ttft_ms'):.1f}" and row[-2] == f"{e.mbu:.1%}"
+    be = four.metrics.output_throughput / (4 * made(1, 1.0).metrics.output_throughput)
+    assert table_row(md, "batch efficiency: T(C) / (C x T(1))")[1] == f"{be:.3f}"
+    assert table_row(md, "memory utilization (of GPU, else host RAM)")[1] == "n/a"  # no telemetry: not 0%
+    assert machine["headlines"] == {"vllm": four.key}
+
+
+H100_TABLE = """
+[workloads.lab]
+cpu = { num_requests = 8, concurrency = 4, prompt_len = 512, output_len = 16, warmup_requests = 0 }
+gpu = { num_requests = 8, concurrency = 4, prompt_len = 512, output_len = 16, warmup_requests = 0 }
+
+[configs.vllm]
+engine = "vllm"
+
+[configs.vllm-broken]
+engine = "vllm"
+
+[configs.hf]
+engine = "hf"
+
+[[expect]]
+hardware = "H100-80GB"
+model = "llama-2-7b"
+config = "vllm"
+source = "made up"
+output_throughput = { min = 100 }
+batch_efficiency = { min = 0.5 }
+mbu = { min = 0.1 }
+median_ttft_ms = { max = 0.001 }
+"output_throughput/hf" = { min = 5 }
+
+[[expect]]
+hardware = "H100-80GB"
+model = "llama-2-7b"
+config = "vllm-broken"
+source = "made up"
+median_ttft_ms = { max = 1000 }
+"""
+
+
+def test_expectation_rows_check_bounds_as_the_session_does(tmp_path: Path) -> None:
+    from servingbench.report.build import expectation_rows
+    from servingbench.report.data import load_run
+
+    four, one = made(4, 1.0), made(1, 1.0, n=8)  # the table's lab load and its single-stream variant
+    broken = made(4, 1.0, config="vllm-broken", error="HTTP 500")  # measured, but no request succeeded
+    for m in (four, one, broken):
+        m.save(tmp_path / "r")
+    (tmp_path / "expected.toml").write_text(H100_TABLE)
+    rows, note = expectation_rows(tmp_path / "expected.toml", load_run([tmp_path / "r"]), eff.load_peak_table())
+    got = {(r[0], r[1]): r[2:] for r in rows}
+    e = eff.measurement_efficiency(four, eff.peaks_for(four, eff.load_peak_table()))
+    be = four.metrics.output_throughput / (4 * one.metrics.output_throughput)
+    assert got[("vllm", "output_throughput")] == [">= 100", f"{four.metrics.output_throughput:.4g}", "pass",
+                                                  "expected.toml:15"]
+    assert got[("vllm", "batch_efficiency")][1:3] == [f"{be:.4g}", "pass"]
+    assert got[("vllm", "mbu")][1:3] == [f"{e.mbu:.4g}", "pass"]
+    assert got[("vllm", "median_ttft_ms")][1:3] == [f"{four.value('median_ttft_ms'):.4g}", "**FAIL**"]
+    assert got[("vllm", "output_throughput/hf")][1:3] == ["n/a", "not measured"]  # no hf run
+    assert got[("vllm-broken", "median_ttft_ms")][1:3] == ["n/a", "**FAIL**"]  # no figure: the bound fails
+    assert note == f"bounds of {tmp_path / 'expected.toml'} for H100-80GB / llama-2-7b; sources: made up"
 
 
 # ---- the H100 run (vLLM 0.26 vs HF, Llama-2-7B shape) ---------------------------------------------------------------
@@ -180,12 +329,16 @@ def test_h100_report(tmp_path: Path) -> None:
     results = re.findall(r"^\| (?:vllm|hf) \| \S+ \| [^|]+ \| [^|]+ \| (\S+) \|", section, re.M)
     assert len(results) == 11 and set(results) == {"pass"}, results
     # MBU by hand from the JSON: batch from the records, context 512 + 256/2, fp16, H100 SXM 3.35 TB/s
-    e = eff.measurement_efficiency(v, eff.load_peak_table())
+    def efficiency(saved: dict[str, Any]) -> eff.Efficiency:
+        m = measurement_from_dict(saved)
+        return eff.measurement_efficiency(m, eff.peaks_for(m, eff.load_peak_table()))
+
+    e = efficiency(v)
     by_hand = v["output_throughput"] * (13_214_687_232 / e.batch + 640 * 524_288) / 3.35e12
     assert e.context == 640 and e.mbu == pytest.approx(by_hand)
     assert table_row(md, "vllm--lab-n100-c10-p512-o256")[6] == f"{by_hand:.1%}"
     # decode batch ~ concurrency for vLLM (continuous batching), ~1 for the sequential HF server
-    assert 9 < e.batch <= 10 and eff.measurement_efficiency(h, eff.load_peak_table()).batch == pytest.approx(1, abs=0.02)
+    assert 9 < e.batch <= 10 and efficiency(h).batch == pytest.approx(1, abs=0.02)
     rec = {r["topic"]: r for r in json.loads((tmp_path / "report.json").read_text())["recommendations"]}
     assert rec["config"]["choice"] == "vllm" and rec["concurrency (vllm)"]["choice"] == 64
     for title in ("KV block size", "KV-cache dtype", "Prefix caching", "Tensor parallelism", "Offline throughput"):
@@ -332,12 +485,12 @@ def test_session_report_holds_the_measured_numbers(session_dir: Path) -> None:
 def test_session_mbu_with_given_peaks(session_dir: Path, tmp_path: Path) -> None:
     md, machine = report(session_dir / "results", tmp_path, "--peaks", str(session_dir / "peaks.toml"))
     m = measurements(session_dir / "results")["hf--lab-n8-c1-p32-o16"]
-    shape = eff.ModelShape.from_config(get_profile("cpu-llama-36m").config)
+    shape = eff.ModelShape.from_config(get_model("cpu-llama-36m").config)
     # fp32 weights: (params - 8192 x 512 input embedding) x 4 bytes; KV per token 2 x 8 layers x 8 heads x 64 x 4
     w = (shape.num_parameters - 8192 * 512) * 4
     kv_tok = 2 * 8 * 8 * 64 * 4
     recs = m["records"]
-    batch = eff.decode_batch(recs)
+    batch = eff.decode_batch([RequestRecord.from_dict(r) for r in recs])
     assert batch == pytest.approx(1.0, abs=0.05)  # one request at a time
     ctx = sum(r["prompt_len"] + r["output_tokens"] / 2 for r in recs) / len(recs)
     mbu = m["output_throughput"] * (w / batch + ctx * kv_tok) / 20e9
@@ -371,6 +524,13 @@ def test_recommendations_follow_the_data(session_dir: Path, tmp_path: Path) -> N
             r["chunk_times"] = [t + 5.0 for t in r["chunk_times"]]
         m["p99_ttft_ms"] += 5000.0
 
+    def slow_decode(m: dict[str, Any]) -> None:  # every request's TPOT 10 s: p99 TPOT 10,000 ms > the 200 ms SLO
+        for r in m["records"]:
+            c, n = r["chunk_times"], r["output_tokens"] or 0
+            if len(c) > 1 and n > 1:
+                r["chunk_times"] = [c[0] + 10.0 * (n - 1) * i / (len(c) - 1) for i in range(len(c))]
+        m["p99_tpot_ms"] = 10_000.0
+
     copy = edited_copy(results, tmp_path / "edited", machine["headlines"][best], slow_first_token)
     _, edited = report(copy, tmp_path / "b")
     assert next(r for r in edited["recommendations"] if r["topic"] == "config")["choice"] == other
@@ -393,8 +553,7 @@ def test_recommendations_follow_the_data(session_dir: Path, tmp_path: Path) -> N
             assert got == expected != chosen, (flag, limit, got)
             break
     else:  # the chosen level was also the quickest on both p99s: break its TPOT in a copy instead
-        copy = edited_copy(results, tmp_path / "tpot", levels[chosen]["key"],
-                           lambda m: m.update(p99_tpot_ms=10_000.0))
+        copy = edited_copy(results, tmp_path / "tpot", levels[chosen]["key"], slow_decode)
         _, tight = report(copy, tmp_path / "tpot-report")
         got = next(r for r in tight["recommendations"] if r["topic"] == "concurrency (hf-b4)")["choice"]
         assert got != chosen and got in levels

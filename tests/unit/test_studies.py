@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from servingbench.studies import tensor_parallel as tp
-from servingbench.suite.run_settings import RunProfile
+from servingbench.suite.run_settings import RunSettings
 from servingbench.load.datasets import expected_prefix_hit_rate
 from servingbench.measure.environment import Hardware
 from servingbench.studies.kv_accuracy import ScoredPrompt, compare, parse_choice
 from servingbench.studies.kv_cache import (BackendFacts, KVCapacity, KVConfigError, kv_capacity, kv_element_bytes, parse_kv_dtype_choices, resolve_kv_cache_dtype)
 from servingbench.servers.logs import engine_refusal, start_failure_log
 from servingbench.studies.offline import OfflineResult, OfflineSpec, offline_env
-from servingbench.suite.models import get_profile
+from servingbench.suite.models import get_model
 from servingbench.studies.common import (SCHEMA, StudyConfigError, SweepPoint, find_knee, kv_saving, load_study_params, prefix_findings, record_rows, sweep_findings)
 from servingbench.servers.vllm import NO_MULTICAST_ENV, PrefixCounters, prefix_counters
 from servingbench.servers.logs import start_refusal
@@ -311,18 +311,18 @@ def test_tp_arguments_and_efficiency() -> None:
 
 
 def test_tp_config_carries_the_size() -> None:
-    profile = RunProfile(Hardware("H100-80GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 1)
+    profile = RunSettings(Hardware("H100-80GB-x2", True, gpu_count=2), get_model("llama-2-7b"), "/m", 1)
     cfg = profile.server_config("vllm", **tp.server_overrides(2))
     assert cfg.command("127.0.0.1", 8000)[cfg.command("127.0.0.1", 8000).index("--tensor-parallel-size") + 1] == "2"
 
 
 def test_multi_gpu_servers_start_with_nvlink_multicast_off() -> None:
-    profile = RunProfile(Hardware("H200-141GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 1)
+    profile = RunSettings(Hardware("H200-141GB-x2", True, gpu_count=2), get_model("llama-2-7b"), "/m", 1)
     env = dict(profile.server_config("vllm", **tp.server_overrides(2)).env)
     assert env == dict(NO_MULTICAST_ENV) and env["NCCL_NVLS_ENABLE"] == "0"
     assert not profile.server_config("vllm").env  # one GPU: no collective, nothing to turn off
     # the run-wide size (--tensor-parallel-size 2) gets them too, and a config entry's own env wins
-    wide = RunProfile(Hardware("H200-141GB-x2", True, gpu_count=2), get_profile("llama-2-7b"), "/m", 2)
+    wide = RunSettings(Hardware("H200-141GB-x2", True, gpu_count=2), get_model("llama-2-7b"), "/m", 2)
     assert dict(wide.server_config("vllm").env)["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
     mine = dict(wide.server_config("vllm", env={"NCCL_NVLS_ENABLE": "1", "X": "y"}).env)
     assert mine["NCCL_NVLS_ENABLE"] == "1" and mine["X"] == "y" and mine["NVSHMEM_DISABLE_NVLS"] == "1"
@@ -350,7 +350,7 @@ def test_study_params_errors_name_the_fix(tmp_path: Path) -> None:
 def test_record_rows_replaces_by_key_and_recomputes_findings(tmp_path: Path) -> None:
     class Bench:
         results_dir = tmp_path
-        profile = RunProfile(Hardware("cpu-2c-avx512", False, cpu="x", cores=2), get_profile("cpu-llama-36m"), "/m")
+        settings = RunSettings(Hardware("cpu-2c-avx512", False, cpu="x", cores=2), get_model("cpu-llama-36m"), "/m")
 
     def count(rows: list[dict]) -> dict:
         return {"n": len(rows), "total": sum(r["v"] for r in rows)}

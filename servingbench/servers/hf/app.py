@@ -18,7 +18,8 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from servingbench.servers.hf.engine import HFBaselineServer, RequestError, SequenceRequest, TokenEvent
-from servingbench.servers.hf.protocol import (DEFAULT_COMPLETION_MAX_TOKENS, APIError, ResponseFormat, SamplingParams, bad_request, check_model, parse_body, parse_messages, parse_prompt, parse_sampling, sse_event)
+from servingbench.servers.hf.protocol import (DEFAULT_COMPLETION_MAX_TOKENS, APIError, ResponseFormat, SamplingParams, bad_request, check_model, parse_body, parse_messages, parse_prompt, parse_sampling)
+from servingbench.servers.events import sse_event
 from servingbench.servers.hf.scheduler import InferenceWorker, PendingRequest, WorkerFailure
 
 log = logging.getLogger("servingbench.hf")

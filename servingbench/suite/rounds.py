@@ -1,0 +1,140 @@
+"""Rounds: the gated workload run several times, each run's figures kept, and the spread they show.
+
+A round is one run of a workload against one config. Calibration runs rounds across several server lifetimes (a
+restart between them), because restart-to-restart spread is larger than the spread of runs on one server, and a
+baseline that knew only the latter would raise false alarms. The rounds file, ``baselines/<key>/rounds.json``,
+keeps every round's figures and per-request samples, and each metric's spread, so the gate compares a run's rounds
+against it with a statistical test per metric (``measure/stats.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from servingbench.measure.files import atomic_write_json
+from servingbench.measure.measurement import Measurement, MissingFigure
+from servingbench.measure.stats import log_spread
+
+SCHEMA = "servingbench.rounds/1"
+FILENAME = "rounds.json"
+
+
+@dataclass(frozen=True)
+class GatedMetric:
+    """A figure the gate gives a verdict on: its name in ``Measurement.value``, direction, and samples source."""
+
+    name: str
+    higher_is_better: bool = False
+    samples: str | None = None  # per-request samples it is a quantile of ("ttft", "tpot", "itl", "e2el")
+    quantile: float | None = None
+
+
+GATED: tuple[GatedMetric, ...] = (
+    GatedMetric("output_throughput", higher_is_better=True),
+    GatedMetric("median_ttft_ms", samples="ttft", quantile=0.5),
+    GatedMetric("p99_ttft_ms", samples="ttft", quantile=0.99),
+    GatedMetric("median_tpot_ms", samples="tpot", quantile=0.5),
+    GatedMetric("p99_tpot_ms", samples="tpot", quantile=0.99),
+    GatedMetric("median_itl_ms", samples="itl", quantile=0.5),
+    GatedMetric("median_e2el_ms", samples="e2el", quantile=0.5),
+    GatedMetric("p99_e2el_ms", samples="e2el", quantile=0.99),
+)
+
+
+def request_samples(m: Measurement) -> dict[str, list[float]]:
+    """Per-request samples in milliseconds, as the percentiles are computed from them."""
+    ok = [r for r in m.records if r.success]
+    return {"ttft": [r.ttft * 1e3 for r in ok], "tpot": [r.tpot * 1e3 for r in ok if r.tpot is not None],
+            "itl": [g * 1e3 for r in ok for g in r.itls if g > 0], "e2el": [r.e2el * 1e3 for r in ok]}
+
+
+@dataclass
+class Round:
+    config: str
+    lifetime: int  # which server lifetime (a restart between lifetimes)
+    index: int
+    measurement: str
+    figures: dict[str, float]
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, m: Measurement, lifetime: int, index: int) -> "Round":
+        figures: dict[str, float] = {}
+        for g in GATED:
+            try:
+                figures[g.name] = m.value(g.name)
+            except MissingFigure:
+                figures[g.name] = math.nan
+        return cls(m.config_name, lifetime, index, m.key, figures, request_samples(m))
+
+
+@dataclass
+class RoundsFile:
+    """The rounds a baseline was made of, with what they were measured on and each metric's spread."""
+
+    provenance: dict[str, Any]
+    workloads: dict[str, dict[str, Any]]  # config -> workload
+    rounds: list[Round]
+    created_at: float = field(default_factory=time.time)
+
+    def of(self, config: str) -> list[Round]:
+        return [r for r in self.rounds if r.config == config]
+
+    def spread(self) -> dict[str, dict[str, float]]:
+        """config -> metric -> sample std of log(round figure): restart-to-restart spread included."""
+        out: dict[str, dict[str, float]] = {}
+        for config in dict.fromkeys(r.config for r in self.rounds):
+            out[config] = {g.name: log_spread([x for r in self.of(config) if (x := r.figures.get(g.name))
+                                               and math.isfinite(x) and x > 0]) for g in GATED}
+        return out
+
+    def medians(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for config in dict.fromkeys(r.config for r in self.rounds):
+            out[config] = {}
+            for g in GATED:
+                xs = [x for r in self.of(config) if math.isfinite(x := r.figures.get(g.name, math.nan))]
+                out[config][g.name] = median(xs) if xs else math.nan
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "created_at": self.created_at, "provenance": self.provenance,
+                "workloads": self.workloads, "metrics": [asdict(g) for g in GATED],
+                "spread": self.spread(), "medians": self.medians(),
+                "rounds": [asdict(r) for r in self.rounds]}
+
+    def save(self, folder: Path) -> Path:
+        path = folder / FILENAME
+        atomic_write_json(path, _finite(self.to_dict()))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "RoundsFile":
+        data = json.loads(path.read_text())
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"{path}: not a servingbench rounds file (schema {data.get('schema')!r})")
+        rounds = [Round(**{**r, "figures": {k: (math.nan if v is None else v) for k, v in r["figures"].items()}})
+                  for r in data["rounds"]]
+        return cls(data["provenance"], data["workloads"], rounds, data.get("created_at", 0.0))
+
+
+def _finite(o: Any) -> Any:
+    """JSON has no NaN: a figure a round did not have is written as null."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
+
+
+def median(values: Sequence[float]) -> float:
+    xs = sorted(values)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
