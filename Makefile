@@ -15,26 +15,24 @@ perf: setup
 test: setup
 	$(PY) -m pytest tests/ $(ARGS)
 
-# Stored baselines, one folder per hardware profile under baselines/ (README "Baselines"):
-#   make baselines   record (or refresh) this machine's baseline; another profile: make baselines ARGS="--gpu"
-#   make compare     compare with the latest baseline of this profile; fails on a regression beyond the default
-#                    tolerance (servingbench/baselines.py DEFAULT_TOLERANCE; ARGS="--baseline-tolerance=median:5%").
-#                    The whole perf suite with the same check: make compare BASELINE_TESTS=perf/
+# Stored baselines, one folder per hardware key under baselines/ (README "Baselines and the regression gate"):
+#   make calibrate   on a quiet machine: rounds.json (each metric's spread) and proposed [[expect]] rows
+#   make compare     the regression gate: R rounds of the lab load, a verdict per metric against rounds.json
+#                    (pytest perf/test_gate.py --gate); A/B in one session: make compare ARGS="--ab-config NAME"
+#   make baselines   record pytest-benchmark's baseline of this machine (another profile: ARGS="--gpu")
+#   make compare-benchmark   pytest-benchmark's own comparison, with its median tolerance
+#                    (servingbench/plugin/options.py DEFAULT_TOLERANCE; ARGS="--baseline-tolerance=median:5%")
 BASELINE_NAME ?= baseline
 BASELINE_TESTS ?= perf/test_baselines.py
 
-# Calibration on a quiet machine (README "Calibration"): rounds of the lab load in two server lifetimes, the
-# rounds baseline with each metric's spread (baselines/<key>/rounds.json), and proposed [[expect]] rows for this
-# hardware in perf/expected_performance.toml, to review and commit. GPU: make calibrate ARGS="--gpu"
-.PHONY: calibrate
-calibrate: setup
-	$(PY) -m servingbench.cli calibrate $(ARGS)
-
-.PHONY: baselines compare
+.PHONY: baselines compare compare-benchmark
 baselines: setup
 	$(PY) -m pytest perf/test_baselines.py --benchmark-save=$(BASELINE_NAME) $(ARGS)
 
 compare: setup
+	$(PY) -m pytest perf/test_gate.py --gate $(ARGS)
+
+compare-benchmark: setup
 	$(PY) -m pytest $(BASELINE_TESTS) --baseline-compare $(ARGS)
 
 # The experiments (studies and the agreement with vllm bench serve), with the report: make studies ARGS="--gpu"

@@ -50,8 +50,10 @@ def add_serve_hf_parser(subparsers: "argparse._SubParsersAction[argparse.Argumen
     p.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
                    help="dummy: random weights of the config's shape, made on the device")
     p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch threads (default on CPU: 1, like vLLM's CPU build here; GPU: untouched)")
+                   help="torch threads (default on CPU: 1; the suite passes the threads vLLM's CPU build computes on)")
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
+    p.add_argument("--step-delay-ms", type=_non_negative_float, default=0.0,
+                   help="make every decode step this much slower: a regression of known size (gate power tests)")
     p.set_defaults(handler=cmd_serve_hf)
 
 
@@ -63,7 +65,7 @@ def cmd_serve_hf(args: argparse.Namespace) -> int:
         run_server(args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
                    dtype=args.dtype, device=args.device, threads=args.threads, load_format=args.load_format,
                    max_model_len=args.max_model_len, max_batch_size=args.max_batch_size,
-                   batch_wait_ms=args.batch_wait_ms, api_key=api_key)
+                   batch_wait_ms=args.batch_wait_ms, api_key=api_key, step_delay_ms=args.step_delay_ms)
     except (ValueError, OSError) as e:  # bad model path, dtype, context length, busy port: say so, no traceback
         log.error("serve-hf: error: %s", e)
         return 1

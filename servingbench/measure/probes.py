@@ -20,16 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+from servingbench.measure.files import atomic_write_text
 
 SCHEMA = "servingbench.bandwidth/1"
 _MODULE = "servingbench.measure.probes"  # what the child runs with `python -m`
@@ -215,30 +215,20 @@ def _child_probe(gpu: bool, threads: int, module: str) -> BandwidthPeak:
 
 def measured_bandwidth(machine_key: str, *, gpu: bool, threads: int, cache_dir: Path,
                        probe: Callable[[], BandwidthPeak] | None = None,
-                       module: str = _MODULE) -> BandwidthPeak:
-    """Cached peak for this machine and thread count; probes (in a child by default) on a miss.
+                       module: str = _MODULE, cache_only: bool = False) -> BandwidthPeak | None:
+    """Cached peak for this machine and thread count; probes (in a child by default) on a miss, unless
+    ``cache_only`` (then None: a report on another day reads what a session measured, it does not probe).
 
     A missing, corrupt or foreign-schema cache file is re-probed and overwritten.
     """
-    d = Path(cache_dir) / "bandwidth"
-    path = d / f"{_safe(machine_key)}-{'gpu' if gpu else f'cpu{threads}t'}.json"
+    path = Path(cache_dir) / "bandwidth" / f"{_safe(machine_key)}-{'gpu' if gpu else f'cpu{threads}t'}.json"
     try:
         return BandwidthPeak.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        if cache_only:
+            return None
     peak = probe() if probe is not None else _child_probe(gpu, threads, module)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(peak.to_dict(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(peak.to_dict(), indent=2) + "\n")  # old file or new one, never half
     return peak
 
 

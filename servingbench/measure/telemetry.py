@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -175,10 +174,9 @@ def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def fetch_metrics(base_url: str, api_key: str | None = None, timeout: float = 5.0) -> list[tuple[str, dict[str, str], float]]:
-    req = urllib.request.Request(base_url.rstrip("/") + "/metrics")
-    if api_key:
-        req.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    from servingbench.measure.http import open_url
+
+    with open_url(base_url.rstrip("/") + "/metrics", timeout=timeout, api_key=api_key) as resp:
         return parse_prometheus(resp.read().decode("utf-8", errors="replace"))
 
 

@@ -4,7 +4,7 @@ Options: ``plugin/options.py``; fixtures: ``plugin/fixtures.py``; hooks: ``plugi
 they all read: ``plugin/state.py``; the baseline store: ``plugin/baselines.py`` and ``plugin/samples.py``.
 """
 
-from servingbench.plugin.fixtures import bench, expectations, hardware_peaks, measure_or_skip
+from servingbench.plugin.fixtures import bench, expectations, gate_reports, hardware_peaks, measure_or_skip
 from servingbench.plugin.hooks import (pytest_addoption, pytest_benchmark_compare_machine_info,
                                        pytest_benchmark_scale_unit, pytest_benchmark_update_json,
                                        pytest_benchmark_update_machine_info, pytest_collection_finish,
@@ -14,7 +14,7 @@ from servingbench.plugin.hooks import (pytest_addoption, pytest_benchmark_compar
                                        pytest_unconfigure)
 
 __all__ = [
-    "bench", "expectations", "hardware_peaks", "measure_or_skip",
+    "bench", "expectations", "gate_reports", "hardware_peaks", "measure_or_skip",
     "pytest_addoption", "pytest_configure", "pytest_sessionstart", "pytest_generate_tests",
     "pytest_collection_modifyitems", "pytest_deselected", "pytest_collection_finish", "pytest_runtest_makereport",
     "pytest_runtest_teardown", "pytest_benchmark_update_machine_info", "pytest_benchmark_compare_machine_info",

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pytest
 
 from servingbench.suite.efficiency import DevicePeaks, gpus_used
+from servingbench.suite.gate import GateReport
 from servingbench.suite.models import materialize
 from servingbench.measure.measurement import Measurement
 from servingbench.plugin.state import state_of
@@ -68,3 +69,9 @@ def hardware_peaks(pytestconfig: pytest.Config) -> Callable[[Measurement], Devic
     """``peaks(m)``: the peak bandwidth MBU divides by for measurement ``m`` (the GPUs its server used)."""
     state = state_of(pytestconfig)
     return lambda m: state.peaks(gpus_used(m))
+
+
+@pytest.fixture(scope="session")
+def gate_reports(pytestconfig: pytest.Config) -> list[GateReport]:
+    """The gate's per-config verdict tables; the session summary prints them and writes <results>/gate.json."""
+    return state_of(pytestconfig).gate_reports

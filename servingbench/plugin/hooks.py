@@ -19,6 +19,7 @@ from servingbench.plugin.options import add_options
 from servingbench.plugin.state import STATE, PluginState, resolve, state_of
 from servingbench.report.summary import text_table, write_summary
 from servingbench.servers.process import ServerProcess
+from servingbench.suite.gate import save_reports
 from servingbench.suite.thresholds import Bound
 
 NEEDS = pytest.StashKey[tuple[str, ...]]()
@@ -206,6 +207,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     _session_summary(terminalreporter, config)
     baselines.write_terminal_summary(terminalreporter, config, state)
+    if state.gate_reports:
+        tr = terminalreporter
+        tr.section("servingbench regression gate")
+        for report in state.gate_reports:
+            tr.write_line(report.table())
+        if state.session is not None:
+            tr.write_line(f"verdicts: {save_reports(state.session.results_dir, state.gate_reports)}")
 
 
 def _session_summary(tr: Any, config: pytest.Config) -> None:

@@ -48,5 +48,14 @@ def add_options(parser: pytest.Parser) -> None:
     b.addoption("--baseline-compare", action="store_true", help="compare with the latest baseline of this "
                 "hardware and fail on a regression beyond --baseline-tolerance: short for "
                 "--benchmark-compare --benchmark-compare-fail=TOLERANCE")
+    b.addoption("--gate", action="store_true", help="run the regression gate (perf/test_gate.py): R rounds of the "
+                "lab load per config and a verdict per metric against baselines/<key>/rounds.json, or in an A/B")
+    b.addoption("--gate-rounds", type=int, default=None, metavar="R", help="rounds a side (default 3)")
+    b.addoption("--ab-config", default=None, metavar="NAME", help="A/B in one session: the candidate config of the "
+                "table, run interleaved with config vllm round by round")
+    b.addoption("--ab-server-url", default=None, metavar="URL", help="A/B in one session: the candidate deployment; "
+                "the reference is --server-url")
+    b.addoption("--ab-python", default=None, metavar="PYTHON", help="A/B in one session: the interpreter of the "
+                "Python environment holding the vLLM under test; the reference is this environment's")
     b.addoption("--baseline-tolerance", default=DEFAULT_TOLERANCE, metavar="EXPR", help="fail threshold of "
                 f"--baseline-compare, in --benchmark-compare-fail's syntax (default: {DEFAULT_TOLERANCE})")

@@ -8,6 +8,7 @@ thresholds do.
 from __future__ import annotations
 
 import importlib.util
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 
 from servingbench.load.workload import ConfigError
 from servingbench.measure import environment as hw
+from servingbench.measure.http import open_url
 from servingbench.measure.measurement import replay_environment
+from servingbench.suite.gate import GateReport
 from servingbench.suite.efficiency import DevicePeaks, find_peaks, load_peak_table, probed_peaks
 from servingbench.suite.models import ModelSpec, ModelError, get_model
 from servingbench.suite.session import BenchSession
@@ -48,6 +51,7 @@ class PluginState:
     session: BenchSession | None = None
     items: list[pytest.Item] = field(default_factory=list)
     baselines: BaselineState = field(default_factory=BaselineState)
+    gate_reports: list[GateReport] = field(default_factory=list)
     _peaks: dict[int, DevicePeaks | None] = field(default_factory=dict)
 
     def bounds(self) -> list[Bound]:
@@ -87,6 +91,22 @@ def _check_gpu_environment() -> None:
                                 "install the vllm package in another environment")
 
 
+def check_reachable(option: str, url: str, api_key: str | None) -> None:
+    """An unreachable deployment stops the session at once with one line, not a traceback per test."""
+    try:
+        with open_url(url.rstrip("/") + "/v1/models", timeout=10, api_key=api_key):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise pytest.UsageError(f"{option} {url}: the server refused the API key (HTTP {e.code}); pass "
+                                    "--api-key or set SERVINGBENCH_API_KEY") from None
+        return  # it answers: an OpenAI-compatible server without /v1/models still gets measured
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        cause = getattr(e, "reason", None) or e
+        raise pytest.UsageError(f"{option} {url}: not reachable ({cause}); start the deployment or fix the "
+                                "URL") from None
+
+
 def resolve(config: pytest.Config) -> PluginState:
     """Hardware, model and table for this session, from the options; bad options stop the session at once."""
     gpu = bool(config.getoption("--gpu"))
@@ -111,6 +131,10 @@ def resolve(config: pytest.Config) -> PluginState:
         model = get_model(model_name)
     except ModelError as e:
         raise pytest.UsageError(str(e)) from None
+    for option in ("--server-url", "--ab-server-url"):
+        url = config.getoption(option, default=None)
+        if url and not replay:
+            check_reachable(option, url, config.getoption("--api-key"))
     given = config.getoption("--expectations")
     table_path = Path(given) if given else default_table_path(Path(config.rootpath))
     table = None

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 import psutil
 
 from servingbench.measure import telemetry
+from servingbench.measure.http import open_url
 from servingbench.servers.logs import LOG_TAIL_LINES, cause_line
 
 LOCALHOST = "127.0.0.1"
@@ -52,6 +52,7 @@ class ServerConfig:
     max_model_len: int | None = None
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    python: str | None = None  # the interpreter (environment) the server runs in; None: this one. A/B of two vLLMs
     engine: ClassVar[str] = "base"
 
     def command(self, host: str, port: int) -> list[str]:
@@ -173,9 +174,8 @@ class ServerProcess:
             time.sleep(0.5)
 
     def health(self, timeout: float = 2.0) -> bool:
-        req = urllib.request.Request(self.url + "/health")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with open_url(self.url + "/health", timeout=timeout) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False

@@ -34,7 +34,7 @@ class VLLMConfig(ServerConfig):
     engine: ClassVar[str] = "vllm"
 
     def command(self, host: str, port: int) -> list[str]:
-        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+        args = [self.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                 "--host", host, "--port", str(port), *self._common_args(),
                 "--kv-cache-dtype", self.kv_cache_dtype, "--load-format", self.load_format,
                 "--tensor-parallel-size", str(self.tensor_parallel_size)]

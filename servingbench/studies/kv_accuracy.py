@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+from servingbench.measure.http import open_url
 from servingbench.load.datasets import random_token_prompts
 
 
@@ -90,11 +90,8 @@ def score_prompts(base_url: str, model: str, prompts: Sequence[Sequence[int]], m
     for ids in prompts:
         body = {"model": model, "prompt": list(ids), "max_tokens": max_tokens, "temperature": 0.0,
                 "logprobs": 1, "prompt_logprobs": 1, "return_token_ids": True, "ignore_eos": True}
-        req = urllib.request.Request(base_url.rstrip("/") + "/v1/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        if api_key:
-            req.add_header("Authorization", f"Bearer {api_key}")
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with open_url(base_url.rstrip("/") + "/v1/completions", timeout=timeout_s, api_key=api_key,
+                      data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}) as resp:
             out.append(parse_choice(json.loads(resp.read())["choices"][0], ids))
     return out
 

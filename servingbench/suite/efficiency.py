@@ -101,9 +101,10 @@ def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[st
     return None
 
 
-def probed_peaks(hardware: Hardware, gpus: int = 1) -> DevicePeaks:
+def probed_peaks(hardware: Hardware, gpus: int = 1, cache_only: bool = False) -> DevicePeaks | None:
     """Peak bandwidth measured on this machine (measure/probes.py: a device-to-device copy on a GPU, a STREAM triad
-    on the threads the engine computes on), cached per machine identity; no FLOP/s peak, so no MFU."""
+    on the threads the engine computes on), cached per machine identity; no FLOP/s peak, so no MFU.
+    ``cache_only``: what an earlier session measured for that identity, else None (no probe)."""
     import hashlib
     import json
 
@@ -112,7 +113,9 @@ def probed_peaks(hardware: Hardware, gpus: int = 1) -> DevicePeaks:
 
     ident = hashlib.sha256(json.dumps(hardware.identity(), sort_keys=True).encode()).hexdigest()[:10]
     bw = measured_bandwidth(f"{hardware.key}-{ident}", gpu=hardware.gpu, threads=hardware.engine_threads,
-                            cache_dir=cache_root())
+                            cache_dir=cache_root(), cache_only=cache_only)
+    if bw is None:
+        return None
     return DevicePeaks(f"measured on this machine: {bw.device}", bw.gb_s, {}, f"{bw.method}, {bw.measured_at}",
                        gpus if hardware.gpu else 1)
 
@@ -276,10 +279,16 @@ def gpus_used(m: Measurement) -> int:
 
 
 def peaks_for(m: Measurement, devices: Sequence[Mapping[str, Any]]) -> DevicePeaks | None:
-    """The table's peaks for the hardware a measurement ran on (its recorded key and GPU name)."""
+    """The table's peaks for the hardware a measurement ran on (its recorded key and GPU name), else the peak a
+    session probed on that hardware identity, when this machine's cache holds it."""
+    from servingbench.measure.environment import from_environment
+
     gpus = m.environment.get("gpus") or []
-    return find_peaks(m.environment.get("hardware", ""), gpus[0]["name"] if gpus else None, devices,
-                      count=gpus_used(m))
+    found = find_peaks(m.environment.get("hardware", ""), gpus[0]["name"] if gpus else None, devices,
+                       count=gpus_used(m))
+    if found is None and m.environment.get("hardware_identity"):
+        found = probed_peaks(from_environment(m.environment), gpus_used(m), cache_only=True)
+    return found
 
 
 def measurement_efficiency(m: Measurement, peaks: DevicePeaks | None,

@@ -67,6 +67,8 @@ class RunSettings:
                 base["env"] = (("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB)),)
         else:
             base["device"] = "cuda" if gpu else "cpu"
+            if not gpu:  # the compute threads vLLM's CPU build uses here, so that the baseline is not handicapped
+                base["threads"] = self.hardware.engine_threads
         cls = ENGINES[engine]
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - fields

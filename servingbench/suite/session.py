@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import psutil
 
 from servingbench.measure import telemetry
+from servingbench.measure.http import open_url
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
 from servingbench.load.generator import run_load
@@ -66,11 +67,12 @@ class BenchSession:
 
     def measure(self, config_name: str, workload: Workload, *, config: ServerConfig | None = None,
                 after: Callable[[ServerProcess | None, Measurement], None] | None = None,
-                round: int | None = None) -> Measurement:
+                round: int | None = None, server_url: str | None = None) -> Measurement:
         """Run ``workload`` against ``config_name`` once per session; later calls return the same result.
 
         ``round`` numbers repeated runs of the same workload (calibration, the gate's rounds): each is its own
-        measurement, with fresh prompts, on the server that is running (stop the pool to restart it)."""
+        measurement, with fresh prompts, on the server that is running (stop the pool to restart it).
+        ``server_url`` measures that deployment instead of the session's (the B side of an A/B of two URLs)."""
         config = config or self.config(config_name)
         key = f"{config_name}--{workload.label}" + (f"--r{round}" if round is not None else "")
         if key in self.measurements:
@@ -79,16 +81,17 @@ class BenchSession:
             raise ServerUnavailable(self.errors[key])
         if self.replay_dir is not None:
             return self._replay(key)
-        if self.remote and config.engine != "vllm":
+        remote_url = server_url or self.server_url
+        if remote_url and config.engine != "vllm":
             raise ServerUnavailable(f"--server-url mode measures the given deployment only; config "
                                     f"{config_name!r} ({config.engine}) needs a server this suite starts")
         try:
-            server = None if self.remote else self.pool.get(config)
+            server = None if remote_url else self.pool.get(config)
         except (ServerStartError, ServerUnavailable) as e:
             self.errors[key] = str(e)
             raise
-        url = self.server_url or (server.url if server else "")
-        model = self._remote_model() if self.remote else config.name
+        url = remote_url or (server.url if server else "")
+        model = self._remote_model(url) if remote_url else config.name
         run_index = self._runs_per_config.get(config_name, 0)
         self._runs_per_config[config_name] = run_index + 1
         seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
@@ -125,14 +128,10 @@ class BenchSession:
         self.measurements[key] = m
         return m
 
-    def _remote_model(self) -> str:
+    def _remote_model(self, url: str) -> str:
         import json
-        import urllib.request
 
-        req = urllib.request.Request(f"{self.server_url}/v1/models")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with open_url(f"{url}/v1/models", timeout=10, api_key=self.api_key) as resp:
             return json.loads(resp.read())["data"][0]["id"]
 
     def close(self) -> None:

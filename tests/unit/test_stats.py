@@ -256,3 +256,37 @@ def test_verdict_helpers_and_table() -> None:
     assert re.fullmatch(
         r"throughput: regressed -\d+\.\d% \[-\d+\.\d%, -\d+\.\d%\], MDR \d+\.\d% "
         r"\(welch-t on log rounds, 5 vs 5 rounds\)", vs[0].describe())
+
+
+# ---- the gate's verdicts over rounds (servingbench.suite.gate) ------------------------------------------------------
+
+def _gate_rounds(seed: int, n: int, ttft_scale: float = 1.0, tput_scale: float = 1.0) -> list:
+    import numpy as np
+
+    from servingbench.suite.rounds import GATED, Round
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        ttft = list(rng.lognormal(np.log(100.0 * ttft_scale), 0.1, 200))
+        tpot = list(rng.lognormal(np.log(20.0), 0.02, 200))
+        figures = {g.name: 0.0 for g in GATED}
+        figures.update(output_throughput=float(1000.0 * tput_scale * rng.lognormal(0, 0.01)),
+                       median_ttft_ms=float(np.median(ttft)), p99_ttft_ms=float(np.quantile(ttft, 0.99)),
+                       median_tpot_ms=float(np.median(tpot)), p99_tpot_ms=float(np.quantile(tpot, 0.99)),
+                       median_itl_ms=float(np.median(tpot)), median_e2el_ms=float(np.median(tpot) * 50 + 100),
+                       p99_e2el_ms=float(np.quantile(tpot, 0.99) * 50 + 100))
+        out.append(Round("vllm", 0, i, f"r{i}", figures, {"ttft": ttft, "tpot": tpot, "itl": tpot,
+                                                          "e2el": [t * 50 + 100 for t in tpot]}))
+    return out
+
+
+def test_gate_finds_nothing_in_an_unchanged_run_and_the_planted_regressions_in_a_changed_one() -> None:
+    from servingbench.suite.gate import verdicts
+
+    same = verdicts(_gate_rounds(1, 3), _gate_rounds(2, 3))
+    assert not [v for v in same if v.failed()], [v.describe() for v in same]
+    worse = {v.metric: v for v in verdicts(_gate_rounds(1, 3), _gate_rounds(3, 3, ttft_scale=1.3, tput_scale=0.9))}
+    assert worse["output_throughput"].status == "regressed" and worse["median_ttft_ms"].status == "regressed"
+    assert worse["median_tpot_ms"].status != "regressed"  # not shifted
+    assert worse["output_throughput"].change == pytest.approx(-0.10, abs=0.02)

@@ -243,11 +243,11 @@ async def serve(app: web.Application, host: str, port: int, ready_message: str =
 def run_server(model: str, *, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
                dtype: str = "auto", device: str = "auto", threads: int | None = None, load_format: str = "auto",
                max_model_len: int | None = None, max_batch_size: int = 1, batch_wait_ms: float = 20.0,
-               api_key: str | None = None) -> None:
+               api_key: str | None = None, step_delay_ms: float = 0.0) -> None:
     """Load the model, then serve it; returns when the server is stopped."""
     name = served_model_name or model
     engine = HFBaselineServer(model, dtype=dtype, device=device, threads=threads, load_format=load_format,
-                              max_model_len=max_model_len)
+                              max_model_len=max_model_len, step_delay_ms=step_delay_ms)
     log.info("loaded %s: dtype %s, device %s, max_model_len %d, max_batch_size %d, api key %s", model,
              str(engine.dtype).removeprefix("torch."), engine.device, engine.max_model_len, max_batch_size,
              "required" if api_key else "off")

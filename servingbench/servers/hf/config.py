@@ -16,15 +16,18 @@ class HFConfig(ServerConfig):
     threads: int | None = None  # torch threads; None: match vLLM's CPU build (one compute thread)
     device: str = "auto"
     load_format: str = "auto"  # "dummy": random init on the device
+    step_delay_ms: float = 0.0  # a slowdown of known size per decode step (the gate's power benchmark)
     engine: ClassVar[str] = "hf"
 
     def command(self, host: str, port: int) -> list[str]:
-        args = [sys.executable, "-m", "servingbench.cli", "serve-hf", "--model", self.model,
+        args = [self.python or sys.executable, "-m", "servingbench.cli", "serve-hf", "--model", self.model,
                 "--host", host, "--port", str(port), *self._common_args(),
                 "--max-batch-size", str(self.max_batch_size), "--batch-wait-ms", str(self.batch_wait_ms),
                 "--device", self.device, "--load-format", self.load_format]
         if self.threads:
             args += ["--threads", str(self.threads)]
+        if self.step_delay_ms:
+            args += ["--step-delay-ms", str(self.step_delay_ms)]
         return args + list(self.extra_args)
 
 

@@ -121,7 +121,7 @@ class HFBaselineServer:
     """A model, its tokenizer and a static-batch decode loop. Not thread-safe: one thread should own it."""
 
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", threads: int | None = None,
-                 load_format: str = "auto", max_model_len: int | None = None) -> None:
+                 load_format: str = "auto", max_model_len: int | None = None, step_delay_ms: float = 0.0) -> None:
         if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
             raise ValueError(f"model directory {model} does not exist")
         self.model_path = model
@@ -144,6 +144,9 @@ class HFBaselineServer:
             pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))
         self._generator = torch.Generator(device=self.device).manual_seed(SAMPLING_SEED)
+        # A slowdown of known size, as real server behaviour (every decode step takes this much longer): how the
+        # gate's power benchmark injects a regression without editing any figure afterwards.
+        self.step_delay_s = step_delay_ms / 1000.0
 
     def _load(self, model: str, load_format: str) -> torch.nn.Module:
         if load_format == "dummy":  # only config.json on disk: random weights made directly on the device
@@ -280,6 +283,8 @@ class HFBaselineServer:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             positions = positions[:, -1:] + 1
             logits = self._forward(step_ids, mask, positions, cache)
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
