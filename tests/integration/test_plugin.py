@@ -119,8 +119,9 @@ def test_measured(bench, expectations):
     result = run(pytester)
     result.assert_outcomes(passed=1, skipped=1)
     out = result.stdout.str()
-    assert "no thresholds apply: the table has no entry for hardware test-hw and model cpu-llama-36m (it has: other-hw)" in out
-    assert "note: no thresholds apply to hardware test-hw" in out
+    assert ("no thresholds apply: hardware test-hw with model cpu-llama-36m: 0 exact bound(s), 0 portable bound(s) "
+            "(any-cpu); the table has no exact rows for test-hw (it has: other-hw); to add them, run `make calibrate`") in out
+    assert "note: thresholds: hardware test-hw with model cpu-llama-36m: 0 exact bound(s)" in out
 
 
 def test_server_url_mode_measures_the_deployment_and_skips_other_configs(
@@ -130,7 +131,9 @@ def test_server_url_mode_measures_the_deployment_and_skips_other_configs(
     result.assert_outcomes(passed=1, skipped=1)
     out = result.stdout.str()
     assert "--server-url mode measures the given deployment only; config 'hf-b2' (hf) needs a server" in out
-    assert not list((pytester.path / "results" / "logs").glob("*.log")) if (pytester.path / "results" / "logs").exists() else True
+    results = pytester.path / "results"
+    assert (results / "summary.json").is_file(), list(results.rglob("*"))  # the session measured and wrote its summary
+    assert not list(results.rglob("*.log")), "a server was started in --server-url mode"
 
 
 def test_gpu_without_cuda_stops_at_once(pytester: pytest.Pytester) -> None:

@@ -222,3 +222,19 @@ def test_proposed_rows_go_between_markers_and_replace_an_earlier_proposal(tmp_pa
     assert "min = 340" in text and "min = 255" not in text  # 400 x 0.85; the first proposal is gone
     exact = [b for b in load_table(table).for_run(CPU, "cpu-llama-36m") if b.tier == "exact"]
     assert {b.config for b in exact} == {"vllm", "hf"}
+
+
+def test_a_bad_or_missing_table_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[configs.vllm]\nengine = "vllm"\n\n[[expect]]\nhardware = "x"\nmodel = "m"\nconfig = "nope"\n'
+                   'output_throughput = 3\n')
+    for table, needles in ((bad, ["3 problem(s)", "bad.toml:4: config 'nope'", "workload 'lab' is not defined",
+                                  "'output_throughput' must be a table"]),
+                           (tmp_path / "missing.toml", [f"--expectations {tmp_path / 'missing.toml'}: no such file"])):
+        done = subprocess.run([sys.executable, "-m", "pytest", "perf/test_lab_load.py", "--collect-only", "-q",
+                               "-p", "no:cacheprovider", "--expectations", str(table)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert "INTERNALERROR" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+        for needle in needles:
+            assert needle in done.stderr, (needle, done.stderr)
