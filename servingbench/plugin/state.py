@@ -19,11 +19,11 @@ from servingbench.load.workload import ConfigError
 from servingbench.measure import environment as hw
 from servingbench.measure.http import open_url
 from servingbench.measure.measurement import replay_environment
-from servingbench.suite.gate import GateReport
-from servingbench.suite.efficiency import DevicePeaks, find_peaks, load_peak_table, probed_peaks
-from servingbench.suite.models import ModelSpec, ModelError, get_model
-from servingbench.suite.session import BenchSession
 from servingbench.suite.defaults import default_table_path
+from servingbench.suite.efficiency import DevicePeaks, find_peaks, load_peak_table, probed_peaks
+from servingbench.suite.gate import GateReport
+from servingbench.suite.models import ModelError, ModelSpec, get_model
+from servingbench.suite.session import BenchSession
 from servingbench.suite.thresholds import Bound, ExpectationTable, load_table
 
 
@@ -60,11 +60,11 @@ class PluginState:
 
     def peaks(self, gpus: int = 1) -> DevicePeaks | None:
         """Peak bandwidth (and FLOP/s) for MBU: hardware_peaks.toml's entry for this hardware, else measured here
-        once by a short probe and cached per machine (a replayed run's machine cannot be probed: None)."""
+        once by a short probe and cached per machine identity."""
         if gpus not in self._peaks:
             found = find_peaks(self.hardware.key, self.hardware.gpu_name, load_peak_table(), count=gpus)
-            if found is None and self.replay_env is None:
-                found = probed_peaks(self.hardware, gpus)
+            if found is None:  # a replayed run's machine cannot be probed: what this cache holds for it, if any
+                found = probed_peaks(self.hardware, gpus, cache_only=self.replay_env is not None)
             self._peaks[gpus] = found
         return self._peaks[gpus]
 
