@@ -74,7 +74,8 @@ def test_ab_of_two_environments_is_interleaved_and_a_planted_slowdown_regresses(
     assert keys == ["hf--lab-n6-c2-p16-o12--r0", "hf--lab-n6-c2-p16-o12--r1", "hf@B--lab-n6-c2-p16-o12--r0",
                     "hf@B--lab-n6-c2-p16-o12--r1"]
 
-    slow = pytest_run(project, "--ab-config", "hf-slow")
+    # 4 rounds a side: with 2, Welch's degrees of freedom can fall to 1 and no shift is significant at 0.05 / 8
+    slow = pytest_run(project, "--ab-config", "hf-slow", "--gate-rounds", "4")
     assert slow.returncode == 1, slow.stdout + slow.stderr
     assert "A/B: hf against hf-slow" in slow.stdout
     assert "regressed:" in slow.stdout and "output_throughput: regressed" in slow.stdout
