@@ -67,11 +67,11 @@ def test_one_test_per_bound_failure_names_value_bound_and_location(pytester: pyt
     result.assert_outcomes(passed=3, failed=1)
     out = result.stdout.str()
     for test_id in ("hf:output_throughput", "hf:failure_rate", "hf-b2:output_throughput", "hf-b2:output_throughput/hf"):
-        assert f"test_expectation[{test_id}]" in out
+        assert f"test_expectation[test-hw:{test_id}@tiny]" in out  # the hardware key (or tier) leads the id
     lines = (pytester.path / "expected.toml").read_text().splitlines()
     bound_line = next(i for i, l in enumerate(lines) if "1e9" in l)
     line = max(i for i in range(bound_line) if lines[i] == "[[expect]]") + 1  # that entry's header, 1-based
-    assert re.search(rf"test-hw / cpu-llama-36m / hf-b2: output_throughput = [0-9.]+, expected >= 1e\+09 "
+    assert re.search(rf"\[exact tier, test-hw / cpu-llama-36m / hf-b2\] output_throughput = [0-9.]+, expected >= 1e\+09 "
                      rf"\(threshold at expected.toml:{line}; source: test\)", out), out
     # the session summary lists every measured config, and the results are on disk
     assert re.search(r"^hf\s+tiny n4 c2 16/4\s+4/0", out, re.M) and re.search(r"^hf-b2\s+tiny", out, re.M)
@@ -159,7 +159,7 @@ def test_bound_violation_messages() -> None:
     b = Bound("H100-80GB", "llama-2-7b", "vllm", "median_ttft_ms", None, 200.0, "lab", "lab", "perf/x.toml:12")
     assert b.violation(150.0) is None
     msg = b.violation(250.0)
-    assert msg == ("H100-80GB / llama-2-7b / vllm: median_ttft_ms = 250, expected <= 200 "
+    assert msg == ("[exact tier, H100-80GB / llama-2-7b / vllm] median_ttft_ms = 250, expected <= 200 "
                    "(threshold at perf/x.toml:12; source: lab)")
     r = Bound("h", "m", "vllm", "output_throughput/hf", 5.0, None, "lab", "s", "f:1")
     assert r.ratio_over == "hf" and r.base_metric == "output_throughput" and r.violation(4.9) is not None
