@@ -2,7 +2,7 @@
 
 ``servingbench calibrate`` (``make calibrate``) runs, on a quiet machine, R rounds of the lab load per config in
 each of L server lifetimes (the server restarts between lifetimes, so restart-to-restart spread counts), plus one
-single-stream run per config for batch efficiency. It writes ``baselines/<key>/rounds.json`` (every round's
+single-stream run per config and lifetime for batch efficiency (whose spread is that of both runs). It writes ``baselines/<key>/rounds.json`` (every round's
 figures and samples, each metric's spread) and proposes ``[[expect]]`` rows for this hardware key in the table,
 between markers, with the margin rule in a comment. The user reviews them and commits.
 
@@ -24,6 +24,7 @@ from servingbench.load.workload import single_stream
 from servingbench.measure.environment import Hardware, detect
 from servingbench.measure.metrics import batch_efficiency
 from servingbench.suite.models import get_model, materialize
+from servingbench.measure.stats import log_spread
 from servingbench.suite.rounds import Round, RoundsFile, median
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
@@ -71,7 +72,7 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
     results = opts.results_dir or Path("results") / f"calibrate-{time.strftime('%Y%m%d-%H%M%S')}"
     bench = BenchSession(settings, Path(results), table.configs, api_key=opts.api_key)
     rounds: list[Round] = []
-    efficiency: dict[str, float] = {}
+    singles: dict[str, list[float]] = {}  # single-stream throughput, once per lifetime: batch efficiency's denominator
     workloads = {}
     try:
         for lifetime in range(opts.lifetimes):
@@ -83,16 +84,18 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
                     rounds.append(Round.of(m, lifetime, i))
                     log(f"calibrate: {config} lifetime {lifetime} round {i}: "
                         + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].figures.items()))
-                if lifetime == 0:
-                    single = bench.measure(config, single_stream(workload))
-                    loaded = [r.figures["output_throughput"] for r in rounds if r.config == config]
-                    eff = batch_efficiency(median(loaded), single.value("output_throughput"),
-                                           workload.concurrency or workload.num_requests)
-                    if eff is not None:
-                        efficiency[config] = eff
+                single = bench.measure(config, single_stream(workload), round=lifetime)
+                singles.setdefault(config, []).append(single.value("output_throughput"))
                 bench.pool.stop()  # the next lifetime starts a fresh server
     finally:
         bench.close()
+    efficiency = {}
+    for config, ones in singles.items():
+        loaded = [r.figures["output_throughput"] for r in rounds if r.config == config]
+        w = bench.workload(table, "lab", config)
+        eff = batch_efficiency(median(loaded), median(ones), w.concurrency or w.num_requests)
+        if eff is not None:  # its spread is the loaded throughput's and the single-stream run's together
+            efficiency[config] = (eff, math.hypot(log_spread(loaded), log_spread(ones)))
     calibration = RoundsFile(settings.provenance(), workloads, rounds)
     saved = calibration.save(opts.baseline_dir / hardware.key)
     rows = propose_rows(calibration, hardware, model.name, efficiency, opts)
@@ -101,8 +104,8 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
     return calibration, rows, saved
 
 
-def propose_rows(calibration: RoundsFile, hardware: Hardware, model: str, efficiency: dict[str, float],
-                 opts: CalibrationOptions) -> str:
+def propose_rows(calibration: RoundsFile, hardware: Hardware, model: str,
+                 efficiency: dict[str, tuple[float, float]], opts: CalibrationOptions) -> str:
     """The ``[[expect]]`` rows for this hardware: medians of the rounds, widened by the margin rule."""
     medians, spread = calibration.medians(), calibration.spread()
     n = {c: len(calibration.of(c)) for c in medians}
@@ -121,11 +124,11 @@ def propose_rows(calibration: RoundsFile, hardware: Hardware, model: str, effici
             bound = _sig(med * (1 - m) if side == "min" else med * (1 + m))
             lines.append(f'{metric} = {{ {side} = {bound:g} }}    # median {med:.4g}, spread {s:.1%}, margin {m:.0%}')
         if config in efficiency:
-            s = spread[config].get("output_throughput", 0.0)
+            eff, s = efficiency[config]
             m = margin(s, hardware)
-            eff = efficiency[config]
             side, bound = ("min", _sig(eff * (1 - m))) if eff >= 0.3 else ("max", _sig(eff * (1 + m)))
-            lines.append(f'batch_efficiency = {{ {side} = {bound:g} }}    # measured {eff:.3f}, margin {m:.0%}')
+            lines.append(f'batch_efficiency = {{ {side} = {bound:g} }}    # measured {eff:.3f}, spread {s:.1%}, '
+                         f'margin {m:.0%}')
         if config != "hf" and "hf" in medians:
             ratio = medians[config]["output_throughput"] / medians["hf"]["output_throughput"]
             s = math.hypot(spread[config]["output_throughput"], spread["hf"]["output_throughput"])
