@@ -82,13 +82,12 @@ def _tiers(state: PluginState) -> str:
 
 
 def _needs(item: pytest.Item) -> tuple[str, ...]:
-    params = getattr(item, "callspec", None)
-    params = params.params if params else {}
-    bound = params.get("bound")
+    bound = _bound_of(item)
     if isinstance(bound, Bound):
         return (bound.config,) + ((bound.ratio_over,) if bound.ratio_over else ())
-    if "config_name" in params:
-        return (params["config_name"],)
+    params = getattr(item, "callspec", None)
+    if params and "config_name" in params.params:
+        return (params.params["config_name"],)
     marker = item.get_closest_marker("servers")
     return tuple(marker.args) if marker else ()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from statistics import median
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from servingbench.measure.environment import Hardware, detect
 from servingbench.measure.metrics import batch_efficiency
 from servingbench.suite.models import get_model, materialize
 from servingbench.measure.stats import log_spread
-from servingbench.suite.rounds import Round, RoundsFile, median
+from servingbench.suite.rounds import Round, RoundsFile
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
 from servingbench.suite.thresholds import load_table

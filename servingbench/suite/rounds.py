@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import median
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from servingbench.measure.files import atomic_write_text
 from servingbench.measure.measurement import Measurement, MissingFigure
@@ -141,9 +142,3 @@ def _finite(o: Any) -> Any:
     if isinstance(o, list):
         return [_finite(v) for v in o]
     return o
-
-
-def median(values: Sequence[float]) -> float:
-    xs = sorted(values)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
