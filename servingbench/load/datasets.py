@@ -16,10 +16,15 @@ FIRST_ORDINARY_ID = 16  # skip special ids (unk, bos, eos, pad, role markers) of
 
 @dataclass(frozen=True)
 class RequestSpec:
+    """One request to send. ``prompt_len`` is the client's count (exact for token ids, the local tokenizer's or an
+    estimate for text); the figures use the server's ``usage.prompt_tokens`` whenever it reports one."""
+
     prompt: list[int] | str
     prompt_len: int
     max_tokens: int
     prefix_len: int = 0  # tokens shared with other requests (shared-prefix workloads)
+    messages: tuple[dict[str, str], ...] | None = None  # chat history to send on the chat endpoint, when given
+    source: str = ""  # where it came from, for error messages: "data.jsonl:12"
 
 
 def random_token_prompts(num_requests: int, prompt_len: int, output_len: int, vocab_size: int,
