@@ -14,5 +14,5 @@ from servingbench.suite.thresholds import Bound, check
 
 def test_expectation(bound: Bound, bench, expectations, measure_or_skip, hardware_peaks) -> None:
     problem = check(bound, measure_or_skip, lambda config: bench.workload(expectations, bound.workload, config),
-                    hardware_peaks)
+                    hardware_peaks, on_capacity=bench.record_capacity)
     assert problem is None, problem

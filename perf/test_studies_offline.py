@@ -46,7 +46,7 @@ def spec_for(bench, params: StudyParams, engine: str, block_size: int | None) ->
     p = bench.settings
     gpu = p.hardware.gpu
     return OfflineSpec(
-        engine=engine, model=p.model_path, dtype=p.model.dtype if p.model.kind != "checkpoint" else "auto",
+        engine=engine, model=p.model_path, dtype=p.model.dtype,  # resolved once: both engines, one precision
         num_prompts=params["num_prompts"], input_len=params["input_len"], output_len=params["output_len"],
         vocab_size=p.vocab_size, max_model_len=p.model.max_model_len, load_format=p.model.load_format,
         device="cuda" if gpu else "cpu", block_size=block_size,

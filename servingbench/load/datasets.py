@@ -8,6 +8,7 @@ server with prefix caching on measures the cache, not the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +26,16 @@ class RequestSpec:
     prefix_len: int = 0  # tokens shared with other requests (shared-prefix workloads)
     messages: tuple[dict[str, str], ...] | None = None  # chat history to send on the chat endpoint, when given
     source: str = ""  # where it came from, for error messages: "data.jsonl:12"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """The model's tokenizer as the client needs it: ids to text (chat prompts of known tokens), and a text's or a
+    chat's token count (the chat template applied), to check against what the server's usage says."""
+
+    decode: Callable[[Sequence[int]], str]
+    count_text: Callable[[str], int]
+    count_chat: Callable[[Sequence[Mapping[str, str]]], int]
 
 
 def random_token_prompts(num_requests: int, prompt_len: int, output_len: int, vocab_size: int,

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import aiohttp
 import numpy as np
@@ -46,9 +46,14 @@ class LoadShape:
     warmup_requests: int = 0  # sent first, not recorded
     timeout_s: float = 600.0  # per request, connect to last byte
     endpoint: str = "completions"  # or "chat"
-    ignore_eos: bool = True  # exact output lengths
+    ignore_eos: bool = True  # exact output lengths; False: the model stops where it stops, usage says how long
     temperature: float = 0.0
-    seed: int = 0
+    top_p: float | None = None  # None: the server's default
+    sampling_seed: int | None = None  # sent as the request's ``seed`` (reproducible sampling at temperature > 0)
+    seed: int = 0  # the arrival schedule's
+    deadline_s: float | None = None  # the whole measured run; past it, requests in flight are cancelled and it fails
+    max_schedule_lag_ms: float = 100.0  # open loop: p99 lateness against the arrival schedule that still counts
+    max_queue_ms: float = 100.0  # open loop with a cap: p99 client queue time that still counts as open loop
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
@@ -59,6 +64,16 @@ class LoadShape:
             raise ValueError(f"endpoint must be 'completions' or 'chat', got {self.endpoint!r}")
         if self.timeout_s <= 0 or self.burstiness <= 0:
             raise ValueError("timeout_s and burstiness must be > 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+
+    @property
+    def open_loop(self) -> bool:
+        return not math.isinf(self.request_rate)
 
 
 @dataclass
@@ -72,6 +87,8 @@ class LoadResult:
     warnings: list[str] = field(default_factory=list)
     loop_lag_ms_p90: float = 0.0
     client_cpu_fraction: float = 0.0  # CPU time of the event loop's thread / duration
+    deadline_exceeded: bool = False
+    invalid: list[str] = field(default_factory=list)  # broken preconditions: the figures do not measure the server
 
     def metrics(self, slo: SLO | None = None) -> BenchmarkMetrics:
         return compute_metrics(self.records, self.duration, slo)
@@ -121,9 +138,17 @@ class OpenAIClient:
         }
         if self.shape.ignore_eos:
             common["ignore_eos"] = True
-        if self.shape.endpoint == "chat":
-            text = spec.prompt if isinstance(spec.prompt, str) else " ".join(map(str, spec.prompt))
-            return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
+        if self.shape.top_p is not None:
+            common["top_p"] = self.shape.top_p
+        if self.shape.sampling_seed is not None:
+            common["seed"] = self.shape.sampling_seed
+        if self.shape.endpoint == "chat" or spec.messages is not None:
+            if spec.messages is not None:
+                messages = list(spec.messages)
+            else:
+                text = spec.prompt if isinstance(spec.prompt, str) else " ".join(map(str, spec.prompt))
+                messages = [{"role": "user", "content": text}]
+            return "/v1/chat/completions", {**common, "messages": messages}
         return "/v1/completions", {**common, "prompt": spec.prompt}
 
     async def send(self, spec: RequestSpec, record: RequestRecord) -> None:
@@ -139,7 +164,7 @@ class OpenAIClient:
                     text = (await resp.text())[:300]
                     record.error = f"HTTP {resp.status}: {text}"
                     return
-                await sse.read_stream(resp.content, record, chat=self.shape.endpoint == "chat")
+                await sse.read_stream(resp.content, record, chat=path.endswith("chat/completions"))
         except asyncio.TimeoutError:
             record.error = f"timeout: no complete response within {self.shape.timeout_s:g} s"
         except asyncio.CancelledError:
@@ -158,30 +183,108 @@ async def _watch_loop_lag(samples: list[float], stop: asyncio.Event) -> None:
         samples.append((time.perf_counter() - t0 - LOOP_LAG_INTERVAL_S) * 1000.0)
 
 
+async def drive(jobs: Sequence[Awaitable[None]], records: list[RequestRecord], shape: LoadShape) -> LoadResult:
+    """Run the measured jobs under the watch every load run shares: the loop-lag sampler, the client's CPU clock
+    and the run deadline; then check the run's validity. Used by ``run_load`` and the multi-turn runner."""
+    lag: list[float] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_loop_lag(lag, stop))
+    t0 = time.perf_counter()
+    wall0 = time.time()
+    cpu0 = time.thread_time()  # this coroutine runs on the loop's thread: all the client's work is counted
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    late = False
+    try:
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=shape.deadline_s)
+            if pending:
+                late = True
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for t in tasks:  # a job's own exception is a bug of the client: raise it, as gather did
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+        duration = time.perf_counter() - t0
+        cpu = time.thread_time() - cpu0
+        stop.set()
+        await watcher
+    result = LoadResult(records, duration, shape, wall0,
+                        loop_lag_ms_max=max(lag, default=0.0),
+                        loop_lag_ms_p99=float(np.percentile(lag, 99)) if lag else 0.0,
+                        loop_lag_ms_p90=float(np.percentile(lag, 90)) if lag else 0.0,
+                        client_cpu_fraction=cpu / duration if duration > 0 else 0.0, deadline_exceeded=late)
+    if late:
+        for r in records:
+            if r.error and r.error.startswith("cancelled"):
+                r.error = f"deadline: the run passed its deadline of {shape.deadline_s:g} s with this request open"
+    result.invalid = preconditions(result)
+    result.warnings += result.invalid  # also the run's notes: the summary and the report show them
+    return result
+
+
+def preconditions(result: LoadResult) -> list[str]:
+    """What makes a run's figures describe the client rather than the server; each fails the run."""
+    shape, out = result.shape, []
+    if result.deadline_exceeded:
+        open_ = sum(1 for r in result.records if r.error and r.error.startswith("deadline"))
+        out.append(f"deadline: the run passed its deadline of {shape.deadline_s:g} s with {open_} request(s) open "
+                   "(a wedged or far slower server); raise the workload's deadline_s if the run is meant to be "
+                   "this slow")
+    if result.client_saturated:
+        cause = ("its own work set the pace" if result.client_cpu_fraction >= CLIENT_BUSY_FRACTION
+                 else "other processes or a blocking call held it up")
+        out.append(f"client saturated: event-loop lag p90 {result.loop_lag_ms_p90:.1f} ms > {LOOP_LAG_WARN_MS:g} ms, "
+                   f"its loop on the CPU {result.client_cpu_fraction:.0%} of the run ({cause}); these figures "
+                   "measure the load generator, not the server: lower the concurrency or use more client processes")
+    if shape.open_loop:
+        sent = [r for r in result.records if r.start > 0]
+        lag = [r.schedule_lag * 1000.0 for r in sent]
+        if lag and float(np.percentile(lag, 99)) > shape.max_schedule_lag_ms:
+            out.append(f"behind schedule: the open-loop client sent requests late, p99 "
+                       f"{float(np.percentile(lag, 99)):.0f} ms > {shape.max_schedule_lag_ms:g} ms after their "
+                       f"arrival times, so the offered rate was not {shape.request_rate:g}/s; lower the rate")
+        queued = [r.queue_time * 1000.0 for r in sent]
+        if shape.concurrency and queued and float(np.percentile(queued, 99)) > shape.max_queue_ms:
+            out.append(f"client queue: requests waited for one of the {shape.concurrency} slots, p99 "
+                       f"{float(np.percentile(queued, 99)):.0f} ms > {shape.max_queue_ms:g} ms, so the cap, not the "
+                       f"rate, set the load: raise concurrency or lower the rate")
+    return out
+
+
 async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shape: LoadShape = LoadShape(),
                    api_key: str | None = None, progress: bool = False,
-                   warmup_specs: Sequence[RequestSpec] = ()) -> LoadResult:
-    """Send ``specs`` with the given shape; failures are recorded in the records, never raised."""
+                   warmup_specs: Sequence[RequestSpec] = (), *, offsets: Sequence[float] | None = None,
+                   start_at: float | None = None, before_measured: Callable[[], None] | None = None) -> LoadResult:
+    """Send ``specs`` with the given shape; failures are recorded in the records, never raised.
+
+    ``offsets`` (seconds) replace the shape's own arrival schedule and ``start_at`` (a ``time.perf_counter``
+    instant, one clock for every process on the host) its start: how worker processes share one schedule.
+    ``before_measured`` runs after the warm-up, right before the measured part (counter snapshots)."""
     async with OpenAIClient(base_url, model, shape, api_key) as client:
         if warmup_specs:
             await asyncio.gather(*(client.send(s, RequestRecord(f"warmup-{i}", s.prompt_len, s.max_tokens))
                                    for i, s in enumerate(warmup_specs)))
-        records = [RequestRecord(f"req-{i}", s.prompt_len, s.max_tokens) for i, s in enumerate(specs)]
+        if before_measured is not None:
+            before_measured()
+        records = [RequestRecord(f"req-{i}", s.prompt_len, s.max_tokens, source=s.source) for i, s in enumerate(specs)]
         slots = asyncio.Semaphore(shape.concurrency) if shape.concurrency else None
-        offsets = arrival_offsets(len(specs), shape.request_rate, shape.burstiness, shape.seed)
+        if offsets is None:
+            offsets = arrival_offsets(len(specs), shape.request_rate, shape.burstiness, shape.seed)
         bar = _progress_bar(len(specs)) if progress else None
-        lag: list[float] = []
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(_watch_loop_lag(lag, stop))
-        t0 = time.perf_counter()
-        wall0 = time.time()
-        cpu0 = time.thread_time()  # this coroutine runs on the loop's thread: all the client's work is counted
+        t0 = start_at if start_at is not None else time.perf_counter()
+        timed = shape.open_loop or start_at is not None
 
         async def one(spec: RequestSpec, record: RequestRecord, offset: float) -> None:
             delay = t0 + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             record.queued_at = time.perf_counter()
+            if timed:
+                record.scheduled_at = t0 + offset
             if slots is None:
                 await client.send(spec, record)
             else:
@@ -191,26 +294,10 @@ async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shap
                 bar.update(1)
 
         try:
-            await asyncio.gather(*(one(s, r, o) for s, r, o in zip(specs, records, offsets)))
+            result = await drive([one(s, r, o) for s, r, o in zip(specs, records, offsets)], records, shape)
         finally:
-            duration = time.perf_counter() - t0
-            cpu = time.thread_time() - cpu0
-            stop.set()
-            await watcher
             if bar is not None:
                 bar.close()
-    result = LoadResult(records, duration, shape, wall0,
-                        loop_lag_ms_max=max(lag, default=0.0),
-                        loop_lag_ms_p99=float(np.percentile(lag, 99)) if lag else 0.0,
-                        loop_lag_ms_p90=float(np.percentile(lag, 90)) if lag else 0.0,
-                        client_cpu_fraction=cpu / duration if duration > 0 else 0.0)
-    if result.client_saturated:
-        cause = ("its own work set the pace" if result.client_cpu_fraction >= CLIENT_BUSY_FRACTION
-                 else "other processes or a blocking call held it up")
-        result.warnings.append(
-            f"client saturated: event-loop lag p90 {result.loop_lag_ms_p90:.1f} ms > {LOOP_LAG_WARN_MS:g} ms, its loop "
-            f"on the CPU {result.client_cpu_fraction:.0%} of the run ({cause}); these figures measure the load "
-            "generator, not the server")
     return result
 
 

@@ -1,7 +1,10 @@
 """Reading an OpenAI streaming response (server-sent events) into a RequestRecord.
 
-Only chunks that carry content count as tokens arriving: a chat stream's role-only first chunk does not start
-TTFT, and the trailing usage chunk (``choices: []``) does not extend E2EL; it only gives ``completion_tokens``.
+Every chunk with choices counts as tokens arriving, as ``vllm bench serve`` times them, even when its text is
+empty (a token that decodes to "", a finish-only chunk): TTFT is the first, ITL the gaps. Two chunks do not count:
+the trailing usage chunk (``choices: []``), which only gives the token counts, and a chat stream's role-only
+opening chunk, which a server may send before any token exists (vLLM sends it with the first token, so excluding it
+changes nothing there; the HF baseline sends it at once).
 A stream that ends without ``[DONE]`` or carries a line that is not JSON is a failure with a reason.
 
 The body is read in blocks (whatever the socket delivered, ``iter_any``), not line by line: aiohttp's
@@ -31,16 +34,23 @@ class LineTooLong(Exception):
     """An event line over ``MAX_LINE_BYTES`` (a client-side limit, like aiohttp's own ``LineTooLong``)."""
 
 
-def chunk_content(data: dict[str, Any], chat: bool) -> str:
-    """The text a chunk adds, '' for role-only, finish-only and usage-only chunks."""
+def chunk_content(data: dict[str, Any], chat: bool) -> str | None:
+    """The text a token chunk adds ('' when it decodes to nothing); None for a chunk that is not a token: a
+    usage-only chunk, a chat role-only opening chunk, a completions choice without ``text``."""
     choices = data.get("choices") or []
     if not choices:
-        return ""
+        return None
     choice = choices[0]
     if chat:
         delta = choice.get("delta") or {}
-        return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-    return choice.get("text") or ""
+        text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+        if not text and "role" in delta and choice.get("finish_reason") is None:
+            return None
+        return text
+    text = choice.get("text")  # a choice that is not an object fails here, as a counted client error
+    if text is None:
+        return "" if "text" in choice else None
+    return text
 
 
 def _blocks(stream: Any) -> AsyncIterable[bytes]:
@@ -100,12 +110,15 @@ async def read_stream(stream: Any, record: RequestRecord, chat: bool) -> None:
                 if "error" in data:
                     raise StreamError(f"server error in stream: {str(data['error'])[:200]}")
                 text = chunk_content(data, chat)
-                if text:
+                if text is not None:
                     times.append(now)
                     parts.append(text)
                 usage = data.get("usage")
-                if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-                    record.output_tokens = int(usage["completion_tokens"])
+                if isinstance(usage, dict):
+                    if usage.get("completion_tokens") is not None:
+                        record.output_tokens = int(usage["completion_tokens"])
+                    if usage.get("prompt_tokens") is not None:
+                        record.prompt_tokens = int(usage["prompt_tokens"])
     except StreamError as e:
         record.error = f"stream: {e}"
     record.generated_text = "".join(parts)

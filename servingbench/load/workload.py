@@ -1,18 +1,36 @@
 """A workload: what requests to send and how, as the table's ``[workloads]`` entries declare it.
 
-The same entry means the same thing on any hardware; its requests come from ``load/datasets.py`` with a seed the
-session derives, and its load shape goes to the generator.
+The same entry means the same thing on any hardware; its requests come from ``load/datasets.py`` (synthetic
+token ids), ``load/lengths.py`` (lengths drawn from a distribution) or ``load/dataset_files.py`` (JSONL files),
+with a seed the session derives, and its load shape goes to the generator. Kinds:
+
+- ``random``: random token ids, fixed lengths or drawn from ``prompt_dist`` / ``output_dist``;
+- ``shared-prefix``: one system prompt (``prefix_len``) and distinct queries;
+- ``dataset``: the requests of a JSONL file (``dataset``, ``dataset_format``);
+- ``conversation``: multi-turn chat, ``turns`` user turns per conversation (synthetic, or the file's).
+
+A workload with ``rates`` is a request-rate sweep; ``capacity_rps`` is the highest rate whose p99 TTFT and TPOT meet
+``slo_ttft_ms`` / ``slo_tpot_ms``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
-from servingbench.load.datasets import RequestSpec, random_token_prompts, shared_prefix_prompts
+import numpy as np
+
+from servingbench.load.conversation import Conversation
+from servingbench.load.datasets import (FIRST_ORDINARY_ID, Codec, RequestSpec, random_token_prompts,
+                                        shared_prefix_prompts)
 from servingbench.load.generator import LoadShape
+
+KINDS = ("random", "shared-prefix", "dataset", "conversation")
 
 
 class ConfigError(ValueError):
@@ -22,61 +40,225 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Workload:
     name: str
-    num_requests: int
+    num_requests: int  # conversations, for kind "conversation"
     concurrency: int | None
-    prompt_len: int
-    output_len: int
+    prompt_len: int = 128  # the fixed length, or the mean when prompt_dist gives none; per turn in conversations
+    output_len: int = 128
     request_rate: float = math.inf
-    kind: str = "random"  # "random" | "shared-prefix"
+    kind: str = "random"
     prefix_len: int = 0
     num_prefixes: int = 1
     warmup_requests: int = 2
     endpoint: str = "completions"
+    prompt_dist: Mapping[str, Any] | None = None  # a LengthDist entry: { dist = "lognormal", mean = .., ... }
+    output_dist: Mapping[str, Any] | None = None
+    dataset: str = ""  # a JSONL file: absolute, or relative to the table that declares the workload
+    dataset_format: str | None = None  # "prompt" | "chat" | "sharegpt"; None: detected per line
+    ignore_eos: bool = True  # False: natural stops, output lengths from usage
+    temperature: float = 0.0
+    top_p: float | None = None
+    sampling_seed: int | None = None
+    burstiness: float = 1.0  # open loop: gamma shape of the gaps; 1 is Poisson
+    turns: int = 1  # conversation: user turns per conversation
+    think_time_s: float = 0.0  # conversation: pause between an answer and the next turn
+    rates: tuple[float, ...] = ()  # a request-rate sweep (open loop), ascending
+    slo_ttft_ms: float | None = None  # p99 TTFT and TPOT limits of the capacity search
+    slo_tpot_ms: float | None = None
+    capacity_steps: int = 3  # bisection steps between the last rate that met the SLO and the first that did not
+    deadline_s: float | None = None  # the run's deadline; None: derived from the workload and the request timeout
+    max_schedule_lag_ms: float = 100.0
+    max_queue_ms: float = 100.0
 
-    def specs(self, vocab_size: int, seed: int) -> list[RequestSpec]:
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"workload {self.name!r}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.kind not in KINDS:
+            out.append(f"kind {self.kind!r}: use one of {list(KINDS)}")
+        for f in ("num_requests", "prompt_len", "output_len", "turns", "num_prefixes"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                out.append(f"{f} must be an integer >= 1, got {v!r}")
+        if self.kind == "dataset" and not self.dataset:
+            out.append('kind "dataset" needs dataset = "path/to/file.jsonl"')
+        if self.dataset and self.kind not in ("dataset", "conversation"):
+            out.append(f'dataset is read by kind "dataset" or "conversation", not {self.kind!r}')
+        if self.dataset_format not in (None, "prompt", "chat", "sharegpt"):
+            out.append(f"dataset_format {self.dataset_format!r}: use prompt, chat or sharegpt (or leave it out)")
+        if self.kind == "shared-prefix" and not 0 < self.prefix_len < self.prompt_len:
+            out.append(f"shared-prefix needs 0 < prefix_len < prompt_len, got {self.prefix_len} and {self.prompt_len}")
+        if self.rates:
+            if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in self.rates):
+                out.append(f"rates must be positive finite numbers, got {list(self.rates)}")
+            elif list(self.rates) != sorted(self.rates):
+                out.append(f"rates must be ascending, got {list(self.rates)}")
+            if self.slo_ttft_ms is None and self.slo_tpot_ms is None:
+                out.append("a rate sweep needs an SLO: slo_ttft_ms and/or slo_tpot_ms (p99, milliseconds)")
+        if self.think_time_s < 0 or (self.deadline_s is not None and self.deadline_s <= 0):
+            out.append("think_time_s must be >= 0 and deadline_s > 0")
+        return out
+
+    # -- requests ------------------------------------------------------------------------------------------
+    def specs(self, vocab_size: int, seed: int, codec: Codec | None = None,
+              max_model_len: int | None = None) -> list[RequestSpec]:
+        """The measured requests. With ``codec`` (the model's tokenizer), chat prompts are real text whose token
+        count the client knows; without it (a remote deployment) the server's usage is the only count."""
+        if self.kind == "dataset":
+            return self._dataset_specs(codec, max_model_len)
         if self.kind == "shared-prefix":
-            return shared_prefix_prompts(self.num_requests, self.prefix_len, self.prompt_len - self.prefix_len,
-                                         self.output_len, vocab_size, seed, self.num_prefixes)
-        return random_token_prompts(self.num_requests, self.prompt_len, self.output_len, vocab_size, seed)
+            specs = shared_prefix_prompts(self.num_requests, self.prefix_len, self.prompt_len - self.prefix_len,
+                                          self.output_len, vocab_size, seed, self.num_prefixes)
+        elif self.prompt_dist is not None or self.output_dist is not None:
+            from servingbench.load.lengths import synthetic_prompts
+
+            specs = synthetic_prompts(self.num_requests, self.prompt_lengths(), self.output_lengths(), vocab_size,
+                                      seed)
+        else:
+            specs = random_token_prompts(self.num_requests, self.prompt_len, self.output_len, vocab_size, seed)
+        if self.endpoint == "chat" and codec is not None:
+            specs = [as_chat(s, codec) for s in specs]
+        return specs
+
+    def _dataset_specs(self, codec: Codec | None, max_model_len: int | None) -> list[RequestSpec]:
+        from servingbench.load.dataset_files import DatasetError, read_dataset
+
+        specs = read_dataset(self.dataset, format=self.dataset_format,
+                             count_tokens=codec.count_text if codec else None, default_output_len=self.output_len,
+                             max_model_len=max_model_len)
+        if len(specs) < self.num_requests:
+            raise DatasetError(f"{self.dataset}: holds {len(specs)} request(s), workload {self.name!r} asks for "
+                               f"num_requests = {self.num_requests}; lower num_requests or add lines")
+        specs = specs[:self.num_requests]
+        if codec is not None:  # chat lines: the count the server will make, with the chat template applied
+            specs = [dataclasses.replace(s, prompt_len=codec.count_chat(s.messages)) if s.messages else s
+                     for s in specs]
+        return specs
+
+    def conversations(self, vocab_size: int, seed: int, codec: Codec | None = None) -> list[Conversation]:
+        """Kind ``conversation``: the file's conversations, or ``num_requests`` synthetic ones of ``turns`` turns
+        of ``prompt_len`` tokens each (distinct text, so conversations share no prefix but their own)."""
+        if self.dataset:
+            from servingbench.load.dataset_files import DatasetError, read_conversations
+
+            convs = read_conversations(self.dataset, format=self.dataset_format,
+                                       count_tokens=codec.count_text if codec else None)
+            if len(convs) < self.num_requests:
+                raise DatasetError(f"{self.dataset}: holds {len(convs)} conversation(s), workload {self.name!r} "
+                                   f"asks for num_requests = {self.num_requests}; lower num_requests or add lines")
+            return [Conversation(tuple(turns[:self.turns]), self.output_len, source=f"{self.dataset}#{i + 1}")
+                    for i, turns in enumerate(convs[:self.num_requests])]
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(FIRST_ORDINARY_ID, vocab_size, size=(self.num_requests, self.turns, self.prompt_len))
+        text = codec.decode if codec else (lambda row: " ".join(map(str, row)))
+        return [Conversation(tuple(text(turn.tolist()) for turn in conv), self.output_len) for conv in ids]
 
     def warmup_specs(self, vocab_size: int, seed: int) -> list[RequestSpec]:
         if not self.warmup_requests:
             return []
-        return random_token_prompts(self.warmup_requests, self.prompt_len, min(self.output_len, 8), vocab_size,
-                                    seed + 1_000_003)
+        return random_token_prompts(self.warmup_requests, min(self.prompt_len, 512), min(self.output_len, 8),
+                                    vocab_size, seed + 1_000_003)
 
+    def prompt_lengths(self) -> Any:
+        from servingbench.load.lengths import LengthDist
+
+        return LengthDist.parse(self.prompt_dist if self.prompt_dist is not None else self.prompt_len,
+                                f"workload {self.name!r} prompt_dist")
+
+    def output_lengths(self) -> Any:
+        from servingbench.load.lengths import LengthDist
+
+        return LengthDist.parse(self.output_dist if self.output_dist is not None else self.output_len,
+                                f"workload {self.name!r} output_dist")
+
+    # -- how ------------------------------------------------------------------------------------------------
     def shape(self, seed: int, timeout_s: float) -> LoadShape:
-        return LoadShape(concurrency=self.concurrency, request_rate=self.request_rate, timeout_s=timeout_s,
-                         seed=seed, endpoint=self.endpoint)
+        return LoadShape(concurrency=self.concurrency, request_rate=self.request_rate, burstiness=self.burstiness,
+                         timeout_s=timeout_s, seed=seed, endpoint="chat" if self.kind == "conversation" else self.endpoint,
+                         ignore_eos=self.ignore_eos, temperature=self.temperature, top_p=self.top_p,
+                         sampling_seed=self.sampling_seed, deadline_s=self.deadline_s or self.derived_deadline(timeout_s),
+                         max_schedule_lag_ms=self.max_schedule_lag_ms, max_queue_ms=self.max_queue_ms)
+
+    def derived_deadline(self, timeout_s: float) -> float:
+        """One request timeout, plus every request served one after another at a slow 50 ms per output token and
+        1 ms per prompt token: far past any healthy run (the sequential HF baseline included), far short of the
+        ceil(N / C) x timeout a wedged server would otherwise cost."""
+        requests = self.num_requests * (self.turns if self.kind == "conversation" else 1)
+        per_request = 0.05 * self.output_len + 0.001 * self.prompt_len * self.turns + self.think_time_s
+        return timeout_s + requests * per_request
 
     def replace(self, **changes: Any) -> "Workload":
         return dataclasses.replace(self, **changes)
+
+    def at_rate(self, rate: float) -> "Workload":
+        """One point of this workload's rate sweep: open loop at ``rate``, no cap on requests in flight."""
+        return self.replace(request_rate=float(rate), rates=(), concurrency=None)
 
     @property
     def label(self) -> str:
         rate = "" if math.isinf(self.request_rate) else f"-rate{self.request_rate:g}"
         conc = f"c{self.concurrency}" if self.concurrency else "cinf"
-        return f"{self.name}-n{self.num_requests}-{conc}{rate}-p{self.prompt_len}-o{self.output_len}"
+        base = f"{self.name}-n{self.num_requests}-{conc}{rate}-p{self.prompt_len}-o{self.output_len}"
+        extra = self._extra_fields()
+        if not extra:  # the labels of the workloads that existed before these fields: saved keys still match
+            return base
+        return base + "-" + hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    def _extra_fields(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in _LABEL_FIELDS or f.name == "name":
+                continue
+            v = getattr(self, f.name)
+            if v != f.default:
+                out[f.name] = Path(v).name if f.name == "dataset" else v
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["request_rate"] = None if math.isinf(self.request_rate) else self.request_rate
+        d["rates"] = list(self.rates)
         return d
 
 
-def workload_from(name: str, entry: Mapping[str, Any]) -> Workload:
+# The fields the label spelled out before workloads had more; the others go into its hash.
+_LABEL_FIELDS = {"num_requests", "concurrency", "request_rate", "prompt_len", "output_len", "kind", "prefix_len",
+                 "num_prefixes", "warmup_requests", "endpoint"}
+
+
+def as_chat(spec: RequestSpec, codec: Codec) -> RequestSpec:
+    """A token-id request as a chat message of the same tokens, counted with the chat template applied."""
+    text = codec.decode(list(spec.prompt)) if not isinstance(spec.prompt, str) else spec.prompt
+    messages = ({"role": "user", "content": text},)
+    return dataclasses.replace(spec, prompt=text, prompt_len=codec.count_chat(messages), messages=messages)
+
+
+def workload_from(name: str, entry: Mapping[str, Any], base_dir: Path | None = None) -> Workload:
+    """A table entry as a Workload; a relative ``dataset`` path is taken from ``base_dir`` (the table's folder)."""
     fields = {f.name for f in dataclasses.fields(Workload)}
     unknown = set(entry) - fields
     if unknown:
         raise ConfigError(f"workload {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(fields - {'name'})}")
+    entry = dict(entry)
+    if isinstance(entry.get("rates"), list):
+        entry["rates"] = tuple(entry["rates"])
+    if isinstance(entry.get("request_rate"), str) and entry["request_rate"] == "inf":
+        entry["request_rate"] = math.inf
+    if entry.get("dataset") and base_dir is not None and not Path(entry["dataset"]).expanduser().is_absolute():
+        entry["dataset"] = str(base_dir / entry["dataset"])
     try:
-        return Workload(name=name, **entry)
+        workload = Workload(name=name, **entry)
     except TypeError as e:
         raise ConfigError(f"workload {name!r}: {e}") from None
+    for dist in ("prompt_dist", "output_dist"):
+        if getattr(workload, dist) is not None:
+            (workload.prompt_lengths if dist == "prompt_dist" else workload.output_lengths)()  # raises ConfigError
+    return workload
 
 
 def single_stream(workload: Workload) -> Workload:
     """The same requests one at a time: the denominator of batch efficiency."""
-    return workload.replace(concurrency=1, num_requests=min(8, workload.num_requests), request_rate=float("inf"))
-
-
+    return workload.replace(concurrency=1, num_requests=min(8, workload.num_requests), request_rate=float("inf"),
+                            rates=())

@@ -25,6 +25,11 @@ class MissingFigure(LookupError):
     """A figure the run does not have: no successful request measured it. Every bound on it fails."""
 
 
+class InvalidRun(MissingFigure):
+    """A run whose preconditions broke (the client fell behind, queued or saturated; the deadline passed): its
+    figures describe the client, not the server, so every bound on it fails with the reason."""
+
+
 # Figures that stay meaningful when no request succeeded (counts, and what telemetry saw of the server).
 _WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests", "memory_utilization",
                     "gpu_memory_used_gib", "rss_peak_gib", "memory_gib", "gpu_utilization"}
@@ -50,12 +55,17 @@ class Measurement:
     warnings: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     loop_lag_ms_p99: float = 0.0
+    invalid: list[str] = field(default_factory=list)  # broken preconditions (generator.preconditions)
+    figures: dict[str, float] = field(default_factory=dict)  # workload-specific: per-turn TTFT, prefix hit rate
 
     def value(self, name: str) -> float:
         """A flat figure by name: any vLLM-style metric field, or a telemetry-derived one.
 
         Raises ``MissingFigure`` for a figure no successful request measured (an all-failed run has no TTFT, not a
-        TTFT of 0), and KeyError for an unknown name."""
+        TTFT of 0), and KeyError for an unknown name. The figure of an invalid run is still given (the summary
+        and report show it, marked); what asserts on it calls ``require_valid`` first."""
+        if name in self.figures:
+            return float(self.figures[name])
         flat = self.metrics.to_vllm_json()
         t = self.telemetry
         derived = {
@@ -71,13 +81,19 @@ class Measurement:
         if name not in derived and not (name in flat and (flat[name] is None or isinstance(flat[name], (int, float)))):
             raise KeyError(f"unknown metric {name!r}; known: "
                            f"{sorted(k for k, v in flat.items() if v is None or isinstance(v, (int, float)))}"
-                           f" and {sorted(derived)}")
+                           f" and {sorted(derived) + sorted(self.figures)}")
         v = derived[name] if name in derived else flat[name]
         if v is None or (self.metrics.completed == 0 and name not in _WITHOUT_SUCCESS):
             errors = ", ".join(f"{k} x{n}" for k, n in self.metrics.errors.items()) or "none recorded"
             raise MissingFigure(f"{name}: no successful requests ({self.metrics.completed} completed, "
                                 f"{self.metrics.failed} failed; errors: {errors})")
         return float(v)
+
+    def require_valid(self, name: str) -> "Measurement":
+        """This measurement, or ``InvalidRun`` naming ``name`` and every broken precondition."""
+        if self.invalid:
+            raise InvalidRun(f"{name}: the run is invalid: " + "; ".join(self.invalid))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +104,7 @@ class Measurement:
             "server_startup_s": self.server_startup_s, "server_url": self.server_url,
             "memory_total_gib": self.memory_total_gib, "kv_cache": self.kv_cache, "warnings": self.warnings,
             "environment": self.environment, "loop_lag_ms_p99": self.loop_lag_ms_p99,
+            "invalid": self.invalid, "figures": self.figures,
             "records": [r.to_dict() for r in self.records],
         }
 
@@ -108,7 +125,7 @@ def measurement_from_dict(d: dict[str, Any]) -> Measurement:
         records=records, started_at=d["started_at"], server_startup_s=d.get("server_startup_s"),
         server_url=d.get("server_url", ""), memory_total_gib=d.get("memory_total_gib", 0.0),
         kv_cache=d.get("kv_cache", {}), warnings=d.get("warnings", []), environment=d.get("environment", {}),
-        loop_lag_ms_p99=d.get("loop_lag_ms_p99", 0.0))
+        loop_lag_ms_p99=d.get("loop_lag_ms_p99", 0.0), invalid=d.get("invalid", []), figures=d.get("figures", {}))
 
 
 def find_measurement_files(results_dir: Path | str) -> list[Path]:

@@ -1,9 +1,11 @@
 """Serving metrics from request records, with vLLM's ``vllm bench serve`` definitions and field names.
 
-Definitions (see README, "Metric definitions"): TTFT is the first content chunk minus the send time; ITL the
-gaps between content chunks, pooled over requests; E2EL the last content chunk minus the send time; TPOT per
-request (E2EL - TTFT) / (N - 1) for N > 1; output tokens come from ``usage.completion_tokens``; throughputs
-divide by the wall-clock duration of the run; goodput counts requests per second that met every SLO given.
+Definitions (see README, "Metric definitions"): TTFT is the first token chunk minus the send time; ITL the
+gaps between token chunks, pooled over requests; E2EL the last token chunk minus the send time; TPOT per
+request (E2EL - TTFT) / (N - 1) for N > 1; token counts come from the server's ``usage`` (prompt and completion);
+where a server sent no usage, output tokens are estimated as token chunks and counted in
+``estimated_output_tokens``; throughputs divide by the wall-clock duration of the run; goodput counts requests
+per second that met every SLO given.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class BenchmarkMetrics:
     e2el: Distribution
     queue_time: Distribution
     errors: dict[str, int] = field(default_factory=dict)
+    estimated_output_tokens: int = 0  # requests without usage.completion_tokens: their count is the chunk count
 
     def to_vllm_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,6 +122,7 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO 
         key = (r.error or "no content received").split(":")[0][:80]
         errors[key] = errors.get(key, 0) + 1
     out_tokens = [r.output_tokens if r.output_tokens is not None else len(r.chunk_times) for r in ok]
+    in_tokens = sum(r.input_tokens for r in ok)
     tpots = [t for t in (r.tpot for r in ok) if t is not None]
     dur = duration if duration > 0 else float("nan")
     goodput = None if slo is None else sum(slo.met_by(r) for r in ok) / dur
@@ -126,11 +130,11 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO 
         duration=duration,
         completed=len(ok),
         failed=len(failed),
-        total_input_tokens=sum(r.prompt_len for r in ok),
+        total_input_tokens=in_tokens,
         total_output_tokens=sum(out_tokens),
         request_throughput=len(ok) / dur,
         output_throughput=sum(out_tokens) / dur,
-        total_token_throughput=(sum(out_tokens) + sum(r.prompt_len for r in ok)) / dur,
+        total_token_throughput=(sum(out_tokens) + in_tokens) / dur,
         request_goodput=goodput,
         max_concurrent_requests=max_in_flight(records),
         ttft=Distribution.of([r.ttft for r in ok]),
@@ -139,6 +143,7 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO 
         e2el=Distribution.of([r.e2el for r in ok]),
         queue_time=Distribution.of([r.queue_time for r in records if r.start > 0]),
         errors=errors,
+        estimated_output_tokens=sum(r.output_tokens is None for r in ok),
     )
 
 

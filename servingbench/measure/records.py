@@ -15,10 +15,15 @@ class RequestRecord:
     request_id: str
     prompt_len: int
     max_tokens: int
-    queued_at: float = 0.0  # when the load generator scheduled it (arrival time)
+    queued_at: float = 0.0  # when the load generator took it up (its arrival, as the client saw it)
     start: float = 0.0  # right before the HTTP request was sent
-    chunk_times: list[float] = field(default_factory=list)  # arrival of each chunk carrying content
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each token chunk (vLLM's definition)
     output_tokens: int | None = None  # usage.completion_tokens, as the server counted them
+    prompt_tokens: int | None = None  # usage.prompt_tokens, as the server tokenized the prompt
+    scheduled_at: float | None = None  # open loop: when the schedule said it should arrive (None: at once)
+    conversation: int | None = None  # multi-turn workloads: which conversation, and which turn (1-based)
+    turn: int | None = None
+    source: str = ""  # the dataset line it came from, where it came from a file
     generated_text: str = ""
     error: str | None = None
     status: int | None = None  # HTTP status, when one was received
@@ -26,6 +31,16 @@ class RequestRecord:
     @property
     def success(self) -> bool:
         return self.error is None and bool(self.chunk_times)
+
+    @property
+    def input_tokens(self) -> int:
+        """The server's count of the prompt when it reported one, else the client's."""
+        return self.prompt_tokens if self.prompt_tokens is not None else self.prompt_len
+
+    @property
+    def schedule_lag(self) -> float:
+        """How late the client took the request up against its arrival schedule (open loop); 0 without one."""
+        return max(0.0, self.queued_at - self.scheduled_at) if self.scheduled_at is not None else 0.0
 
     @property
     def queue_time(self) -> float:
@@ -38,12 +53,12 @@ class RequestRecord:
 
     @property
     def e2el(self) -> float:
-        """Start to the last content chunk: a trailing usage-only chunk does not extend it."""
+        """Start to the last token chunk: a trailing usage-only chunk does not extend it."""
         return self.chunk_times[-1] - self.start
 
     @property
     def itls(self) -> list[float]:
-        """Gaps between consecutive content chunks (one chunk may carry several tokens)."""
+        """Gaps between consecutive token chunks (one chunk may carry several tokens)."""
         t = self.chunk_times
         return [b - a for a, b in zip(t, t[1:])]
 

@@ -17,7 +17,7 @@ import pytest
 from servingbench.plugin import baselines
 from servingbench.plugin.options import add_options
 from servingbench.plugin.state import STATE, PluginState, resolve, state_of
-from servingbench.report.summary import text_table, write_summary
+from servingbench.report.summary import baseline_lines, text_table, write_summary
 from servingbench.servers.process import ServerProcess
 from servingbench.suite.gate import save_reports
 from servingbench.suite.thresholds import Bound
@@ -225,6 +225,8 @@ def _session_summary(tr: Any, config: pytest.Config) -> None:
     measured = list(session.measurements.values())
     if measured:
         tr.write_line(text_table(measured))
+    for line in baseline_lines(measured):  # vLLM over hf and, where measured, over hf-batch8
+        tr.write_line(line)
     notes = [w for m in measured for w in m.warnings]
     notes.append(f"thresholds: {_tiers(state)}")
     notes += [f"{key}: {err.splitlines()[0]}" for key, err in session.errors.items()]

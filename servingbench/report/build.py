@@ -20,7 +20,7 @@ from servingbench.report.recommend import (Recommendation, block_size_advice, fi
                                            recommend_config, times, tput)
 from servingbench.report.doc import Doc, fmt
 from servingbench.report.data import (ReportOptions, RunData, batch_efficiency, conc, headlines, kv_limits, requests,
-                                      sweep_groups, workload_name)
+                                      static_baselines, sweep_groups, workload_name)
 from servingbench.report.studies import study_sections
 
 if TYPE_CHECKING:
@@ -93,7 +93,11 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
             effs[m.key] = str(e)
     heads = headlines(ms, opts.workload)
     base = baseline_of(heads, opts.baseline)
+    statics = static_baselines(heads, base)
     vals = {c: headline_values(m, ms, effs[m.key], opts.slo) for c, m in heads.items()}
+    # ratio columns: every config over the baseline, and each vLLM config over each static-batch HF baseline
+    pairs = [(c, base) for c in heads if base and c != base] + [
+        (c, s) for s in statics for c in heads if heads[c].engine == "vllm"]
     groups = sweep_groups(ms, list(heads))
     recs = recommendations(data, opts, heads, groups, effs)
 
@@ -101,20 +105,19 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
     doc.p(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {', '.join(data.sources)}: {len(ms)} measurements, "
           f"studies: {', '.join(sorted(data.studies)) or 'none'}. SLO: {opts.slo.describe()}.")
     doc.h(2, "Summary")
-    doc.ul(summary_lines(heads, base, vals, effs, recs))
+    doc.ul(summary_lines(heads, base, vals, effs, recs, statics))
 
     doc.h(2, "Engines compared at the same load")
     if len(heads) < 1:
         doc.p("not measured in this run (no loaded measurement outside the studies)")
     else:
-        others = [c for c in heads if c != base]
-        header = ["metric"] + [f"{c} ({label(heads[c])})" for c in heads] + (
-            [f"{c} vs {base} (x, >1 = better)" for c in others] if base else [])
+        header = ["metric"] + [f"{c} ({label(heads[c])})" for c in heads] + [
+            f"{c} vs {b} (x, >1 = better)" for c, b in pairs]
         rows = []
         for key, name, spec, better in COMPARE:
             row = [name] + [fmt(vals[c][key], spec) for c in heads]
-            for c in (others if base else []):
-                a, b = vals[c][key], vals[base][key]
+            for c, b_ in pairs:
+                a, b = vals[c][key], vals[b_][key]
                 ratio = None if better is None or not a or not b else (a / b if better == "high" else b / a)
                 row.append(times(ratio) if ratio else "n/a")
             rows.append(row)
@@ -122,6 +125,10 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
         doc.p("Batch efficiency divides throughput at the run's concurrency C by C x the same config's single-stream "
               "throughput (n/a without a concurrency-1 run of the same lengths). Goodput counts requests per second "
               "whose own TTFT and TPOT met the SLO, recomputed from the request records.")
+        if statics:
+            doc.p(f"{', '.join(statics)}: the HF baseline with static batches. vLLM's factor over {base} (one request "
+                  "at a time, in arrival order) includes what any batching gains; its factor over a static-batch "
+                  "baseline is what continuous batching, the paged KV cache and vLLM's kernels add beyond that.")
         items = [figures.ConfigBars(c, heads[c].engine, vals[c]) for c in heads]
         doc.fig(figures.comparison(items, [("output_throughput", "output throughput", "tokens/s"),
                                            ("p99_ttft_ms", "TTFT p99", "ms"),
@@ -159,7 +166,10 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
         doc.ul(data.notes)
     machine = {"hardware": data.hardware, "model": data.model, "sources": data.sources,
                "slo": {"ttft_p99_ms": opts.slo.ttft_p99_ms, "tpot_p99_ms": opts.slo.tpot_p99_ms},
-               "baseline": base, "headlines": {c: m.key for c, m in heads.items()}, "comparison": vals,
+               "baseline": base, "static_baselines": statics, "headlines": {c: m.key for c, m in heads.items()},
+               "comparison": vals, "output_throughput_ratios": {
+                   f"{c}/{b}": (vals[c]["output_throughput"] / vals[b]["output_throughput"]
+                                if vals[b]["output_throughput"] else None) for c, b in pairs},
                "recommendations": [r.to_dict() for r in recs],
                "efficiency": {k: (e if isinstance(e, str) else {f: getattr(e, f) for f in (
                    "batch", "context", "bytes_per_token", "achieved_gb_s", "mbu", "flops_per_token",
@@ -169,13 +179,25 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
 
 
 def summary_lines(heads: dict[str, Measurement], base: str | None, vals: dict[str, dict[str, float | None]],
-                  effs: dict[str, Any], recs: Sequence[Recommendation]) -> list[str]:
+                  effs: dict[str, Any], recs: Sequence[Recommendation], statics: Sequence[str] = ()) -> list[str]:
     lines = []
     for c, m in heads.items():
         if base and c != base and vals[base]["output_throughput"]:
             f = vals[c]["output_throughput"] / vals[base]["output_throughput"]
             lines.append(f"{c} delivers {times(f)} the output throughput of {base} ({vals[c]['output_throughput']:.1f} "
                          f"vs {vals[base]['output_throughput']:.1f} tok/s) at {label(m)}")
+    base_tput = vals[base]["output_throughput"] if base else None
+    for s in statics:  # vLLM against static batching: what remains of vLLM/hf once the baseline batches too
+        st = vals[s]["output_throughput"]
+        for c in (c for c in heads if heads[c].engine == "vllm" and st):
+            line = (f"{c} delivers {times(vals[c]['output_throughput'] / st)} the output throughput of {s} (HF with "
+                    f"static batches of up to {heads[s].config.get('max_batch_size')}; {st:.1f} tok/s at "
+                    f"{label(heads[s])})")
+            if base_tput:  # an exact split: c/base = (s/base) x (c/s)
+                line += (f"; {c}/{base} {times(vals[c]['output_throughput'] / base_tput)} = {times(st / base_tput)} "
+                         f"from static batching alone ({s}/{base}) x {times(vals[c]['output_throughput'] / st)} "
+                         "over static batching")
+            lines.append(line)
     for c, m in heads.items():
         e = effs[m.key]
         if isinstance(e, eff.Efficiency) and e.mbu is not None:

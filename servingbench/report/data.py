@@ -148,6 +148,14 @@ def headlines(ms: Sequence[Measurement], workload: str) -> dict[str, Measurement
     return {c: out[c] for c in order}
 
 
+def static_baselines(heads: dict[str, Measurement], base: str | None) -> list[str]:
+    """The headline HF configs with static batches (``max_batch_size`` > 1, e.g. hf-batch8) other than the
+    baseline. vLLM is compared with them too: its factor over hf (one request at a time) includes what batching
+    alone gains."""
+    return [c for c, m in heads.items()
+            if c != base and m.engine == "hf" and int(m.config.get("max_batch_size") or 1) > 1]
+
+
 def sweep_groups(ms: Sequence[Measurement], configs: Sequence[str]) -> dict[tuple[str, str], list[Measurement]]:
     """(config, workload name) -> one run per concurrency level, for the headline configs and the study sweep."""
     groups: dict[tuple[str, str], list[Measurement]] = defaultdict(list)

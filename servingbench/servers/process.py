@@ -4,6 +4,9 @@ A config dataclass builds the argument list; ``ServerProcess`` picks a free port
 process in its own process group with its log in the results directory, polls ``/health``, fails at once with
 the log's tail if the process exits, fails after a start-up limit otherwise, and on stop ends the whole group
 (children included). On a GPU it then waits for the device memory to come back before the next server starts.
+A ``/health`` answer counts only once the socket listening on the port is the server's own (another session
+on the runner may have taken the port between ``free_port`` and the server's bind), and a server that outlives
+SIGKILL is reported (a warning and ``LEAKED``) rather than silently forgotten.
 On Linux the server is also told to end when the process that started it dies, however it dies (``kill -9`` of
 pytest included), so a killed run cannot leave a server holding its port and memory.
 """
@@ -11,6 +14,7 @@ pytest included), so a killed run cannot leave a server holding its port and mem
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -19,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.error
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,10 +41,19 @@ LOCALHOST = "127.0.0.1"
 _DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
                     "os.getppid() == int(sys.argv[1]) or sys.exit('servingbench: the starting process has ended'); "
                     "os.execvp(sys.argv[2], sys.argv[2:])")
+KILL_WAIT_S = 5.0  # how long stop() waits after SIGKILL before it reports the server as leaked
+# Servers that outlived SIGKILL in this interpreter, one sentence each: a session reads them to report that a
+# later measurement may share the machine with them.
+LEAKED: list[str] = []
+_log = logging.getLogger(__name__)
 
 
 class ServerStartError(RuntimeError):
     """The server did not become healthy; the message names the cause and ends with the log's tail."""
+
+
+class ServerLeakWarning(RuntimeWarning):
+    """A stopped server's process did not end: it may still hold its port and its (GPU) memory."""
 
 
 @dataclass(frozen=True)
@@ -88,17 +102,75 @@ def ensure_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError:
             raise ServerStartError(
-                f"port {port} on {host} is in use{_port_owner(port)}; pick another port (or none, to get a "
+                f"port {port} on {host} is in use{_port_owner(port, host)}; pick another port (or none, to get a "
                 "free one) or stop the process that holds it") from None
 
 
-def _port_owner(port: int) -> str:
+def describe_process(pid: int) -> str:
+    """A process's command line for an error message, or why it cannot be read (another container's pid)."""
     try:
-        for c in psutil.net_connections(kind="inet"):
-            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
-                return f" (by pid {c.pid}, {psutil.Process(c.pid).name()})"
+        proc = psutil.Process(pid)
+        try:
+            cmd = " ".join(proc.cmdline()) or proc.name()
+        except psutil.AccessDenied:
+            cmd = f"{proc.name()} (command line not readable)"
+    except psutil.NoSuchProcess:
+        return "not visible here: ended, or in another container or PID namespace"
+    except psutil.Error as e:
+        return f"not readable: {type(e).__name__}"
+    return cmd if len(cmd) <= 300 else cmd[:297] + "..."
+
+
+def _listens(conns: list[Any], host: str, port: int) -> bool:
+    """Whether one of ``conns`` listens where a client of ``host:port`` connects (the host or a wildcard)."""
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               and c.laddr.ip in (host, "0.0.0.0", "::") for c in conns)
+
+
+def port_listeners(host: str, port: int) -> list[int | None] | None:
+    """The pids listening on ``host:port`` from the system's table (None: another user's socket); None where
+    the table cannot be read."""
+    try:
+        return [c.pid for c in psutil.net_connections(kind="tcp") if _listens([c], host, port)]
     except (psutil.Error, OSError):
-        pass
+        return None
+
+
+def tree_listens(pid: int, host: str, port: int) -> bool | None:
+    """Whether ``pid`` or a descendant listens on ``host:port``; None where that cannot be read.
+
+    Per-process tables first (readable for one's own processes without privileges), then the system's."""
+    tree = telemetry.process_tree(pid)
+    denied = False
+    for p in tree:
+        try:
+            conns = p.net_connections(kind="tcp") if hasattr(p, "net_connections") else p.connections(kind="tcp")
+        except psutil.AccessDenied:
+            denied = True
+            continue
+        except psutil.Error:
+            continue
+        if _listens(conns, host, port):
+            return True
+    if not denied:
+        return False
+    known = [p for p in port_listeners(host, port) or [] if p is not None]
+    return any(p in {q.pid for q in tree} for p in known) if known else None
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (a zombie holds no port or memory)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _port_owner(port: int, host: str = LOCALHOST, exclude: frozenset[int] = frozenset()) -> str:
+    """`` (by pid N: command line)`` for the process listening on ``port``, or '' where none can be named."""
+    for pid in port_listeners(host, port) or []:
+        if pid and pid not in exclude:
+            return f" (by pid {pid}: {describe_process(pid)})"
     return ""
 
 
@@ -129,7 +201,9 @@ class ServerProcess:
         self.extra_env = env or {}
         self.log_path = Path(log_dir) / f"{config.engine}-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cmd: list[str] = []
         self.startup_seconds: float | None = None
+        self.leaked: str | None = None  # set by stop() when the server outlived SIGKILL: what may be left
 
     @property
     def url(self) -> str:
@@ -145,7 +219,7 @@ class ServerProcess:
         env = {**os.environ, **dict(self.config.env), **self.extra_env}
         if self.api_key:  # through the environment: never on a command line, in `ps` or in a log
             env["VLLM_API_KEY"] = env["SERVINGBENCH_API_KEY"] = self.api_key
-        cmd = self.config.command(self.host, self.port)
+        cmd = self.cmd = self.config.command(self.host, self.port)
         with open(self.log_path, "wb") as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
@@ -162,16 +236,39 @@ class ServerProcess:
         return self
 
     def _wait_healthy(self, t0: float) -> None:
-        assert self.proc is not None
+        """Poll /health until our own server answers it; fail at once if it exits or a stranger answers."""
+        assert self.proc is not None and self.port is not None
         while True:
             code = self.proc.poll()
             if code is not None:
                 raise ServerStartError(self._failure(f"exited with code {code} during start-up"))
             if self.health():
-                return
+                ours = tree_listens(self.proc.pid, self.host, self.port)
+                if ours is None:  # neither our processes' sockets nor the system's table readable: trust /health
+                    return
+                foreign = self._foreign_holder(ours)
+                if foreign is None:
+                    return
+                raise ServerStartError(self._failure(foreign))
             if time.monotonic() - t0 > self.startup_timeout:
                 raise ServerStartError(self._failure(f"was not healthy after {self.startup_timeout:.0f} s"))
             time.sleep(0.5)
+
+    def _foreign_holder(self, ours: bool) -> str | None:
+        """Why the /health answer is not our server's (None: it is): the port was taken after ``free_port``.
+
+        Ours only if our tree listens and no process outside it does (SO_REUSEPORT would share the port)."""
+        assert self.proc is not None and self.port is not None
+        tree = frozenset(p.pid for p in telemetry.process_tree(self.proc.pid))
+        others = [p for p in port_listeners(self.host, self.port) or [] if p not in tree]
+        if ours and not [p for p in others if p is not None]:
+            return None
+        holder = _port_owner(self.port, self.host, exclude=tree) or (
+            " (by a process this user cannot see: `ss -ltnp 'sport = :%d'` names it)" % self.port)
+        return (f"did not get port {self.port} on {self.host}: it is held{holder}, not by this server (pid "
+                f"{self.proc.pid}), which answers /health in its place; it was taken between the free-port check "
+                "and the server's bind (another session on this runner?). Measuring it would measure someone "
+                "else's server: stop that process or run sessions on separate runners, then rerun")
 
     def health(self, timeout: float = 2.0) -> bool:
         try:
@@ -213,7 +310,9 @@ class ServerProcess:
             family = psutil.Process(proc.pid).children(recursive=True)
         except psutil.Error:
             family = []
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        alive: list[psutil.Process] = family
+        ended = False
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT_S)):
             try:
                 os.killpg(proc.pid, sig)
             except (ProcessLookupError, PermissionError):
@@ -227,13 +326,31 @@ class ServerProcess:
                 proc.wait(timeout=wait)
                 _, alive = psutil.wait_procs(family, timeout=wait)
                 if not alive:
+                    ended = True
                     break
             except subprocess.TimeoutExpired:
                 continue
         self.proc = None
         ServerProcess.live.discard(self)
+        if not ended:
+            self._report_leak(proc, alive)
         if self.gpu:
             telemetry.wait_for_gpu_memory_release()
+
+    def _report_leak(self, proc: "subprocess.Popen[bytes]", family: list[psutil.Process]) -> None:
+        """A server that outlived SIGKILL (stuck in the kernel: D state, a hung driver) is no longer tracked:
+        say so loudly, with what it may still hold, instead of letting the next start collide with it."""
+        pids = ([proc.pid] if proc.poll() is None else []) + [c.pid for c in family if _alive(c)]
+        if not pids:  # it ended just after the last wait: nothing is left
+            return
+        self.leaked = (f"{self.config.engine} server for {self.config.model} did not end {KILL_WAIT_S:g} s "
+                       f"after SIGKILL: pid {', '.join(map(str, pids))} "
+                       f"($ {' '.join(self.cmd) or ' '.join(map(str, proc.args))}) may still hold port "
+                       f"{self.port} on {self.host} and its memory (GPU memory too); it is no longer tracked: "
+                       "check it with `ps -o pid,stat,cmd -p PID` and end it before the next run")
+        LEAKED.append(self.leaked)
+        _log.warning("%s", self.leaked)
+        warnings.warn(self.leaked, ServerLeakWarning, stacklevel=3)
 
     def __enter__(self) -> "ServerProcess":
         return self.start()

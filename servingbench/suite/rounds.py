@@ -71,7 +71,7 @@ class Round:
         figures: dict[str, float] = {}
         for g in GATED:
             try:
-                figures[g.name] = m.value(g.name)
+                figures[g.name] = m.require_valid(g.name).value(g.name)  # an invalid round has none
             except MissingFigure:
                 figures[g.name] = math.nan
         return cls(m.config_name, lifetime, index, m.key, figures, request_samples(m))

@@ -3,6 +3,10 @@
 A named config ("vllm", "hf", "vllm-block64", ...) holds only what differs from the engine's defaults; what
 depends on the hardware and model (model path, dtype, context length, load format, memory settings) comes from
 the ``RunSettings``. So the same table entry means the same thing on the CPU and on a GPU.
+
+A checkpoint's dtype is resolved once, here, for the run's hardware (``models.serving_dtype``: vLLM's rule for
+``auto``, so an fp32 checkpoint is served in bfloat16 on an Ampere+ GPU or a CPU, float16 on older GPUs), and
+both engines receive that concrete dtype: "auto" would let vLLM downcast while the HF baseline stays in fp32.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any, Mapping
 
 from servingbench.load.workload import ConfigError
 from servingbench.measure.environment import Hardware
-from servingbench.suite.models import ModelSpec
+from servingbench.suite.models import ModelSpec, platform_dtypes, serving_dtype
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerConfig
 from servingbench.servers.vllm import VLLMConfig
@@ -26,12 +30,23 @@ GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default, stated so that it is recorded wi
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything a run's configs inherit: the hardware, the model and where it lives."""
+    """Everything a run's configs inherit: the hardware, the model and where it lives.
+
+    For a checkpoint, ``model.dtype`` becomes the dtype it is served in on this hardware (``model.checkpoint_dtype``
+    keeps config.json's); built-in models keep their profile's dtype."""
 
     hardware: Hardware
     model: ModelSpec
     model_path: str
     tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        m = self.model
+        if m.kind == "checkpoint":
+            served = serving_dtype(m.checkpoint_dtype or m.dtype, m.config.get("model_type"),
+                                   platform_dtypes(self.hardware.gpu, self.hardware.gpu_name))
+            object.__setattr__(self, "model", dataclasses.replace(m, dtype=served,
+                                                                  checkpoint_dtype=m.checkpoint_dtype or m.dtype))
 
     def provenance(self) -> dict[str, Any]:
         """What a figure was measured on, as every result file records it (measurements, studies, calibration)."""
@@ -41,7 +56,8 @@ class RunSettings:
         m = self.model
         return {"hardware": self.hardware.key, "hardware_identity": self.hardware.to_dict(), "model": m.name,
                 "model_spec": {"name": m.name, "dtype": m.dtype, "num_parameters": m.num_parameters,
-                               "max_model_len": m.max_model_len},
+                               "max_model_len": m.max_model_len, "checkpoint_dtype": m.checkpoint_dtype,
+                               "hub_id": m.hub_id},
                 "tensor_parallel_size": self.tensor_parallel_size, "versions": software_versions(),
                 "gpus": telemetry.gpu_info() if self.hardware.gpu else []}
 
@@ -56,7 +72,7 @@ class RunSettings:
         gpu = self.hardware.gpu
         base: dict[str, Any] = {
             "model": self.model_path, "served_model_name": self.model.name,
-            "dtype": self.model.dtype if self.model.kind != "checkpoint" else "auto",
+            "dtype": self.model.dtype,  # concrete for every kind (a checkpoint's: resolved in __post_init__)
             "max_model_len": self.model.max_model_len, "load_format": self.model.load_format,
         }
         if engine == "vllm":

@@ -19,7 +19,14 @@ from servingbench.measure import telemetry
 from servingbench.measure.http import open_url
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
+from servingbench.load.conversation import run_conversations
+from servingbench.load.dataset_files import DatasetError
+from servingbench.load.datasets import Codec
 from servingbench.load.generator import run_load
+from servingbench.load.workload import ConfigError
+from servingbench.measure.files import atomic_write_json
+from servingbench.suite.capacity import CAPACITY_SCHEMA, Capacity
+from servingbench.suite.workload_figures import PrefixWatch, load_codec, token_count_notes, turn_figures
 from servingbench.measure.measurement import Measurement, find_measurement_files, load_measurement, measurement_from_dict
 from servingbench.servers.pool import ServerPool, ServerUnavailable
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
@@ -95,13 +102,30 @@ class BenchSession:
         run_index = self._runs_per_config.get(config_name, 0)
         self._runs_per_config[config_name] = run_index + 1
         seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
-        specs = workload.specs(self.settings.vocab_size, seed)
+        counters = PrefixWatch(url, self.api_key) if config.engine == "vllm" else None
         sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
-        with sampler:
-            result = asyncio.run(run_load(url, model, specs, workload.shape(seed, self.request_timeout_s),
-                                          api_key=self.api_key, progress=self.progress,
-                                          warmup_specs=workload.warmup_specs(self.settings.vocab_size, seed)))
-        warnings = list(result.warnings)
+        shape = workload.shape(seed, self.request_timeout_s)
+        vocab, codec = self.settings.vocab_size, self.codec()
+        try:
+            if workload.kind == "conversation":
+                convs = workload.conversations(vocab, seed, codec)
+                with sampler:
+                    result = asyncio.run(run_conversations(url, model, convs, shape, think_time_s=workload.think_time_s,
+                                                           api_key=self.api_key,
+                                                           before_measured=counters.start if counters else None))
+            else:
+                specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
+                with sampler:
+                    result = asyncio.run(run_load(url, model, specs, shape, api_key=self.api_key,
+                                                  progress=self.progress,
+                                                  warmup_specs=workload.warmup_specs(vocab, seed),
+                                                  before_measured=counters.start if counters else None))
+        except (DatasetError, ConfigError) as e:
+            self.errors[key] = str(e)
+            raise ServerUnavailable(str(e)) from None
+        warnings = list(result.warnings) + token_count_notes(
+            result.records, exact=codec is not None or (workload.kind in ("random", "shared-prefix")
+                                                         and workload.endpoint == "completions"))
         if server is not None and not server.is_running():
             warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
         m = Measurement(
@@ -112,12 +136,27 @@ class BenchSession:
             memory_total_gib=psutil.virtual_memory().total / telemetry.GIB,
             kv_cache=kv_cache_info(url, self.api_key) if config.engine == "vllm" else {}, warnings=warnings,
             environment=self.settings.provenance(),
-            loop_lag_ms_p99=result.loop_lag_ms_p99)
+            loop_lag_ms_p99=result.loop_lag_ms_p99, invalid=list(result.invalid))
+        m.figures.update(turn_figures(result.records))
+        if counters is not None and workload.kind in ("conversation", "shared-prefix"):
+            m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
         if after is not None:
             after(server, m)
         m.save(self.results_dir)
         self.measurements[key] = m
         return m
+
+    def record_capacity(self, config_name: str, workload: Workload, capacity: Capacity) -> None:
+        """Save a capacity search's curve (goodput against offered rate) beside the measurements."""
+        path = self.results_dir / "capacity" / f"{config_name}--{workload.label}.json"
+        atomic_write_json(path, {"schema": CAPACITY_SCHEMA, "config_name": config_name,
+                                 "workload": workload.to_dict(), **capacity.to_dict()})
+
+    def codec(self) -> Codec | None:
+        """The model's tokenizer for the client (chat text, token counts); None where it is not local."""
+        if not hasattr(self, "_codec"):
+            self._codec = load_codec(self.settings.model_path)
+        return self._codec
 
     def _replay(self, key: str) -> Measurement:
         matches = [p for p in find_measurement_files(self.replay_dir) if p.stem == key]  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from servingbench.measure.measurement import MissingFigure
 if TYPE_CHECKING:
     from servingbench.measure.environment import Hardware
     from servingbench.measure.measurement import Measurement
+    from servingbench.suite.capacity import Capacity
     from servingbench.suite.efficiency import DevicePeaks
 
 ENTRY_KEYS = {"hardware", "model", "config", "workload", "source", "note"}
@@ -34,7 +35,7 @@ PORTABLE = {"any": ("cpu", "gpu"), "any-cpu": ("cpu",), "any-gpu": ("gpu",)}
 ANY_MODEL = "*"
 # Figures computed from two runs of the same config (the workload and its single-stream variant) or against the
 # hardware's peak bandwidth, beside every field a measurement has (Measurement.value).
-DERIVED = {"batch_efficiency", "mbu", "single_stream_mbu"}
+DERIVED = {"batch_efficiency", "mbu", "single_stream_mbu", "capacity_rps"}
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def load_table(path: Path | str) -> ExpectationTable:
             try:
                 if not isinstance(spec, dict):
                     raise ConfigError(f"workload {name!r}: variant {variant!r} must be a table, got {spec!r}")
-                workloads.setdefault(name, {})[variant] = workload_from(name, spec)
+                workloads.setdefault(name, {})[variant] = workload_from(name, spec, base_dir=path.parent)
             except ConfigError as e:
                 problems.append(f"{path}: {e}")
     configs = raw.get("configs") or {}
@@ -214,11 +215,13 @@ def _check_entry(entry: dict[str, Any], where: str, table: ExpectationTable) -> 
 
 def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
                 workload_for: Callable[[str], Workload],
-                peaks: Callable[["Measurement"], "DevicePeaks | None"] | None = None) -> float:
+                peaks: Callable[["Measurement"], "DevicePeaks | None"] | None = None,
+                on_capacity: Callable[[str, Workload, "Capacity"], None] | None = None) -> float:
     """The measured figure a bound is checked against (measurements come from the session's cache).
 
     ``workload_for(config)`` gives the workload a config runs (engines may have their own variant); ``peaks(m)``
-    the hardware's peaks for MBU. Raises ``MissingFigure`` when the run has no such figure (no successful
+    the hardware's peaks for MBU; ``on_capacity`` receives a capacity search's curve (the report draws it).
+    Raises ``MissingFigure`` when the run has no such figure (no successful
     request, no peak bandwidth known)."""
 
     def mbu(m: "Measurement") -> float:
@@ -229,21 +232,31 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
             raise MissingFigure("mbu: no peak memory bandwidth is known for this hardware")
         return e.mbu
 
+    def valid(config: str, workload: Workload) -> "Measurement":
+        return measure(config, workload).require_valid(bound.metric)
+
     def value(config: str) -> float:
         workload = workload_for(config)
         metric = bound.base_metric
         if metric == "batch_efficiency":
-            loaded, single = measure(config, workload), measure(config, single_stream(workload))
+            loaded, single = valid(config, workload), valid(config, single_stream(workload))
             eff = batch_efficiency(loaded.value("output_throughput"), single.value("output_throughput"),
                                    workload.concurrency or workload.num_requests)
             if eff is None:
                 raise MissingFigure("batch_efficiency: undefined for a workload at concurrency 1")
             return eff
+        if metric == "capacity_rps":
+            from servingbench.suite.capacity import find_capacity
+
+            cap = find_capacity(workload, lambda w: measure(config, w))
+            if on_capacity is not None:
+                on_capacity(config, workload, cap)
+            return cap.capacity_rps
         if metric == "single_stream_mbu":
-            return mbu(measure(config, single_stream(workload)))
+            return mbu(valid(config, single_stream(workload)))
         if metric == "mbu":
-            return mbu(measure(config, workload))
-        return measure(config, workload).value(metric)
+            return mbu(valid(config, workload))
+        return valid(config, workload).value(metric)
 
     mine = value(bound.config)
     if not bound.ratio_over:
@@ -255,9 +268,10 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
 
 
 def check(bound: Bound, measure: Callable[[str, Workload], "Measurement"], workload_for: Callable[[str], Workload],
-          peaks: Callable[["Measurement"], "DevicePeaks | None"] | None = None) -> str | None:
+          peaks: Callable[["Measurement"], "DevicePeaks | None"] | None = None,
+          on_capacity: Callable[[str, Workload, "Capacity"], None] | None = None) -> str | None:
     """None when the bound holds, else why not: a violation, or a figure the run does not have."""
     try:
-        return bound.violation(bound_value(bound, measure, workload_for, peaks))
+        return bound.violation(bound_value(bound, measure, workload_for, peaks, on_capacity))
     except MissingFigure as e:
         return bound.missing(str(e))

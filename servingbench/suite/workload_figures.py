@@ -1,0 +1,109 @@
+"""Figures a workload kind adds to its measurement, and the checks on what the client and server counted.
+
+- Multi-turn chat: TTFT by turn index (``median_ttft_ms_turn1`` ...), which shows what prefix caching does to
+  later turns, and the prefix-cache hit rate from the server's ``/metrics`` deltas over the measured part
+  (``prefix_cache_hit_rate``) beside the range the histories imply (``expected_prefix_hit_rate_low/high``).
+- Token counts: the figures use the server's ``usage``; where the client's own count (its tokenizer) disagrees,
+  the measurement says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from servingbench.load.conversation import expected_hit_range
+from servingbench.load.datasets import Codec
+from servingbench.measure.records import RequestRecord
+from servingbench.servers.vllm import PrefixCounters, read_prefix_counters
+
+
+def load_codec(model_path: str) -> Codec | None:
+    """The model's tokenizer as a ``Codec``; None when it cannot be loaded here (a remote deployment's model)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except Exception:  # noqa: BLE001 - no local tokenizer: the server's usage is then the only count
+        return None
+
+    def count_chat(messages: Sequence[Any]) -> int:
+        """As vLLM's chat endpoint counts: the template rendered to text, then tokenized without extra specials."""
+        text = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return len(tok.encode(text, add_special_tokens=False))
+
+    return Codec(decode=lambda ids: tok.decode(list(ids), skip_special_tokens=True),
+                 count_text=lambda text: len(tok.encode(text, add_special_tokens=False)),
+                 count_chat=count_chat if getattr(tok, "chat_template", None) else
+                 (lambda ms: sum(len(tok.encode(m["content"], add_special_tokens=False)) for m in ms)))
+
+
+def token_count_notes(records: Sequence[RequestRecord], exact: bool) -> list[str]:
+    """A note where the server's prompt-token count disagrees with the client's on some requests (only where the
+    client's count is meant to be exact: token ids, or text counted with the model's own tokenizer)."""
+    ok = [r for r in records if r.success and r.prompt_len > 0]
+    notes = []
+    missing = sum(r.prompt_tokens is None for r in ok)
+    if missing:
+        notes.append(f"token counts: {missing} of {len(ok)} responses carried no usage.prompt_tokens; their input "
+                     "tokens are the client's count")
+    if not exact:  # the client's figure was an estimate (text without the model's tokenizer)
+        return notes
+    off = [r for r in ok if r.prompt_tokens is not None and r.prompt_tokens != r.prompt_len]
+    if off:
+        client, server = sum(r.prompt_len for r in off), sum(r.prompt_tokens or 0 for r in off)
+        notes.append(f"token counts: the server tokenized {len(off)} of {len(ok)} prompts differently from the "
+                     f"client ({server} tokens where the client counted {client}); the figures use the server's")
+    return notes
+
+
+def turn_figures(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """Median and p99 TTFT by turn index, for multi-turn runs; {} otherwise."""
+    by_turn: dict[int, list[float]] = {}
+    for r in records:
+        if r.turn is not None and r.success:
+            by_turn.setdefault(r.turn, []).append(r.ttft * 1000.0)
+    out: dict[str, float] = {}
+    for turn, ttfts in sorted(by_turn.items()):
+        out[f"median_ttft_ms_turn{turn}"] = float(np.median(ttfts))
+        out[f"p99_ttft_ms_turn{turn}"] = float(np.percentile(ttfts, 99))
+    if len(by_turn) > 1:
+        first, last = min(by_turn), max(by_turn)
+        out["ttft_last_over_first_turn"] = out[f"median_ttft_ms_turn{last}"] / out[f"median_ttft_ms_turn{first}"]
+    return out
+
+
+@dataclass
+class PrefixWatch:
+    """The server's prefix-cache counters around the measured part of a run (after its warm-up)."""
+
+    url: str
+    api_key: str | None = None
+    before: PrefixCounters | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        try:
+            self.before = read_prefix_counters(self.url, self.api_key)
+        except (OSError, ValueError) as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+    def figures(self, records: Sequence[RequestRecord], block_size: Any) -> dict[str, float]:
+        """The measured hit rate and, for multi-turn runs, the range the histories imply; {} where /metrics
+        could not say (the measurement's notes do not hide it: the bound on the figure then fails as missing)."""
+        if self.before is None:
+            return {}
+        try:
+            delta = read_prefix_counters(self.url, self.api_key) - self.before
+        except (OSError, ValueError):
+            return {}
+        out: dict[str, float] = {"prefix_cache_queries": delta.queries, "prefix_cache_hits": delta.hits}
+        if delta.hit_rate is not None:
+            out["prefix_cache_hit_rate"] = delta.hit_rate
+        if block_size and any(r.turn is not None for r in records):
+            low, high = expected_hit_range(records, int(block_size))
+            out["expected_prefix_hit_rate_low"], out["expected_prefix_hit_rate_high"] = low, high
+        return out

@@ -1,0 +1,82 @@
+"""Capacity under an SLO, two ways on the real vLLM CPU server, which must agree: the open-loop rate sweep's
+capacity (the highest Poisson rate whose p99 TTFT and TPOT meet the SLO) and the concurrency sweep's (the highest
+closed-loop throughput among the concurrencies that meet it). Little's law ties them: an open loop at the rate a
+closed loop sustains holds about that many requests in flight. Poisson bursts cost the open loop some headroom,
+so its capacity may sit below the closed loop's, never far above it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SLO_TTFT_MS, SLO_TPOT_MS = 1500.0, 60.0
+LEVELS = (1, 2, 4, 8, 16)
+SHAPE = "prompt_len = 64, output_len = 24, warmup_requests = 1"
+
+TABLE = f"""
+[workloads.sweep]
+cpu = {{ num_requests = 40, concurrency = 1, {SHAPE}, rates = [1, 4, 16, 64], slo_ttft_ms = {SLO_TTFT_MS}, slo_tpot_ms = {SLO_TPOT_MS}, capacity_steps = 3 }}
+""" + "".join(f"""
+[workloads.c{c}]
+cpu = {{ num_requests = {max(3 * c, 12)}, concurrency = {c}, {SHAPE} }}
+""" for c in LEVELS) + """
+[configs.vllm]
+engine = "vllm"
+
+[[expect]]
+hardware = "any-cpu"
+model = "*"
+config = "vllm"
+workload = "sweep"
+capacity_rps = { min = 0.5 }
+""" + "".join(f"""
+[[expect]]
+hardware = "any-cpu"
+model = "*"
+config = "vllm"
+workload = "c{c}"
+failure_rate = {{ max = 0 }}
+""" for c in LEVELS)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("capacity")
+    (root / "perf").mkdir()
+    (root / "perf" / "expected_performance.toml").write_text(TABLE)
+    (root / "perf" / "test_expected_performance.py").write_text(
+        (REPO / "perf" / "test_expected_performance.py").read_text())
+    (root / "pytest.ini").write_text("[pytest]\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA",
+                           "--results-dir", str(root / "results")], cwd=root, capture_output=True, text=True,
+                          timeout=1500)
+    ms = [json.loads(p.read_text()) for p in (root / "results" / "measurements").glob("*.json")]
+    (cap,) = [json.loads(p.read_text()) for p in (root / "results" / "capacity").glob("*.json")]
+    return {"proc": proc, "m": ms, "cap": cap}
+
+
+def test_rate_sweep_capacity_agrees_with_the_concurrency_sweep(run: dict[str, Any]) -> None:
+    proc = run["proc"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    closed = []
+    for d in run["m"]:
+        if d["workload"]["name"].startswith("c") and d["workload"]["name"][1:].isdigit():
+            meets = d["p99_ttft_ms"] <= SLO_TTFT_MS and d["p99_tpot_ms"] <= SLO_TPOT_MS and d["failed"] == 0
+            closed.append((d["workload"]["concurrency"], d["request_throughput"], meets))
+    closed.sort()
+    met = [x for c, x, ok in closed if ok]
+    assert met, closed  # c1 must meet a loose SLO
+    closed_capacity = max(met)
+    cap = run["cap"]
+    summary = f"rate-sweep capacity {cap['capacity_rps']:.2f} req/s vs concurrency sweep {closed_capacity:.2f}; " \
+              f"closed {closed}; points {[(p['rate'], p['meets'], round(p['p99_ttft_ms']), round(p['p99_tpot_ms'])) for p in cap['points']]}"
+    print(summary)
+    assert cap["bounded_by"] == "search", summary  # the SLO binds inside the swept rates
+    assert 0.4 * closed_capacity <= cap["capacity_rps"] <= 1.5 * closed_capacity, summary

@@ -1,0 +1,208 @@
+"""The client-side rules of the workload kinds: which chunks are tokens (vLLM's definition), token counts from
+usage, the run's validity preconditions, workload entries and their errors, the multi-turn hit-rate range and the
+capacity search. Timings here are injected (known sizes); the integration tests measure real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+
+from servingbench.load.conversation import expected_hit_range
+from servingbench.load.generator import LoadResult, LoadShape, OpenAIClient, preconditions
+from servingbench.load.datasets import RequestSpec
+from servingbench.load.sse import read_stream
+from servingbench.load.workload import ConfigError, Workload, workload_from
+from servingbench.measure.measurement import InvalidRun, Measurement
+from servingbench.measure.metrics import compute_metrics
+from servingbench.measure.records import RequestRecord
+from servingbench.measure.telemetry import TelemetrySummary
+from servingbench.suite.capacity import find_capacity
+from servingbench.suite.workload_figures import token_count_notes
+
+
+def _read(chat: bool, *events: str) -> RequestRecord:
+    async def gen():  # type: ignore[no-untyped-def]
+        for e in events:
+            yield (e + "\n\n").encode()
+
+    r = RequestRecord("x", 4, 3, start=0.0)
+    asyncio.run(read_stream(gen(), r, chat=chat))
+    return r
+
+
+def text_chunk(text: str, finish: str | None = None) -> str:
+    return "data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": finish}]})
+
+
+USAGE = "data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}})
+
+
+# -- #18 item 1: every chunk with choices is a token, as vllm bench serve times them ------------------------
+def test_a_token_that_decodes_to_nothing_still_times_ttft_and_itl() -> None:
+    r = _read(False, text_chunk(""), text_chunk("b"), text_chunk("c", "length"), USAGE, "data: [DONE]")
+    assert r.error is None and len(r.chunk_times) == 3 and len(r.itls) == 2
+    assert r.generated_text == "bc"
+
+
+def test_chat_finish_only_chunk_counts_and_role_only_does_not() -> None:
+    chunk = lambda delta, finish=None: "data: " + json.dumps(  # noqa: E731
+        {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    r = _read(True, chunk({"role": "assistant", "content": ""}), chunk({"content": "a"}), chunk({"content": ""}),
+              chunk({}, "length"), USAGE, "data: [DONE]")
+    assert r.error is None and len(r.chunk_times) == 3
+
+
+def test_prompt_tokens_come_from_usage() -> None:
+    r = _read(False, text_chunk("a"), USAGE, "data: [DONE]")
+    assert r.prompt_tokens == 9 and r.input_tokens == 9 and r.prompt_len == 4
+    m = compute_metrics([r], 1.0)
+    assert m.total_input_tokens == 9 and m.estimated_output_tokens == 0
+
+
+# -- #18 item 2: the output-token fallback is marked ----------------------------------------------------------
+def test_output_tokens_without_usage_are_counted_as_estimated() -> None:
+    r = _read(False, text_chunk("a"), text_chunk("b"), "data: [DONE]")
+    m = compute_metrics([r], 1.0)
+    assert r.output_tokens is None and m.total_output_tokens == 2 and m.estimated_output_tokens == 1
+
+
+def test_token_count_notes_name_the_disagreement() -> None:
+    ok = RequestRecord("a", 10, 4, start=1.0, chunk_times=[1.1], prompt_tokens=10)
+    off = RequestRecord("b", 10, 4, start=1.0, chunk_times=[1.1], prompt_tokens=12)
+    assert token_count_notes([ok], exact=True) == []
+    (note,) = token_count_notes([ok, off], exact=True)
+    assert "1 of 2 prompts" in note and "12 tokens where the client counted 10" in note
+    assert token_count_notes([ok, off], exact=False) == []  # an estimate is not a disagreement
+
+
+# -- the payload: natural stops and sampling ---------------------------------------------------------------
+def test_payload_carries_sampling_and_natural_stops() -> None:
+    client = OpenAIClient("http://127.0.0.1:1", "m", LoadShape(ignore_eos=False, temperature=0.7, top_p=0.9,
+                                                               sampling_seed=5))
+    path, body = client.payload(RequestSpec(prompt=[1, 2], prompt_len=2, max_tokens=3))
+    assert path == "/v1/completions" and "ignore_eos" not in body
+    assert (body["temperature"], body["top_p"], body["seed"]) == (0.7, 0.9, 5)
+    msgs = ({"role": "system", "content": "s"}, {"role": "user", "content": "u"})
+    path, body = client.payload(RequestSpec(prompt="u", prompt_len=2, max_tokens=3, messages=msgs))
+    assert path == "/v1/chat/completions" and body["messages"] == list(msgs)
+
+
+# -- validity preconditions -----------------------------------------------------------------------------------
+def _result(shape: LoadShape, records: list[RequestRecord], **kw: object) -> LoadResult:
+    return LoadResult(records, 10.0, shape, 0.0, **kw)  # type: ignore[arg-type]
+
+
+def test_open_loop_behind_schedule_is_invalid() -> None:
+    shape = LoadShape(request_rate=10.0)
+    late = [RequestRecord(f"r{i}", 4, 4, scheduled_at=i * 0.1, queued_at=i * 0.1 + 0.3, start=i * 0.1 + 0.3,
+                          chunk_times=[i * 0.1 + 0.4]) for i in range(20)]
+    (problem,) = preconditions(_result(shape, late))
+    assert problem.startswith("behind schedule") and "300 ms > 100 ms" in problem and "10/s" in problem
+    on_time = [RequestRecord(f"r{i}", 4, 4, scheduled_at=i * 0.1, queued_at=i * 0.1 + 0.002, start=i * 0.1 + 0.002,
+                             chunk_times=[i * 0.1 + 0.1]) for i in range(20)]
+    assert preconditions(_result(shape, on_time)) == []
+
+
+def test_open_loop_throttled_by_its_cap_is_invalid() -> None:
+    shape = LoadShape(request_rate=10.0, concurrency=2)
+    queued = [RequestRecord(f"r{i}", 4, 4, scheduled_at=0.0, queued_at=0.0, start=0.5, chunk_times=[0.6])
+              for i in range(5)]
+    (problem,) = preconditions(_result(shape, queued))
+    assert problem.startswith("client queue") and "2 slots" in problem
+    assert preconditions(_result(LoadShape(concurrency=2), queued)) == []  # closed loop: queueing is the design
+
+
+def test_saturated_client_and_passed_deadline_are_invalid() -> None:
+    r = RequestRecord("r", 4, 4, start=1.0, error="deadline: ...")
+    problems = preconditions(_result(LoadShape(deadline_s=5.0), [r], loop_lag_ms_p90=80.0, client_cpu_fraction=0.9,
+                                     deadline_exceeded=True))
+    assert [p.split(":")[0] for p in problems] == ["deadline", "client saturated"]
+    assert "1 request(s) open" in problems[0] and "more client processes" in problems[1]
+
+
+def test_an_invalid_run_fails_every_figure_with_the_reason() -> None:
+    r = RequestRecord("r", 4, 4, start=1.0, chunk_times=[1.1, 1.2], output_tokens=2)
+    m = Measurement("k", "vllm", "vllm", {}, {}, compute_metrics([r], 1.0), TelemetrySummary(), [r], 0.0,
+                    invalid=["behind schedule: ..."])
+    assert m.value("output_throughput") > 0  # still shown (the summary marks it) ...
+    with pytest.raises(InvalidRun, match="output_throughput: the run is invalid: behind schedule"):
+        m.require_valid("output_throughput")  # ... but nothing asserts on it
+    from servingbench.suite.thresholds import Bound, check
+
+    bound = Bound("any-cpu", "*", "vllm", "output_throughput", 1.0, None, "lab", "test", "t.toml:1")
+    problem = check(bound, lambda c, w: m, lambda c: Workload("lab", 1, 1))
+    assert problem is not None and "the run is invalid: behind schedule" in problem
+
+
+# -- workload entries ------------------------------------------------------------------------------------------
+def test_workload_entries_report_every_problem() -> None:
+    with pytest.raises(ConfigError) as e:
+        workload_from("w", {"num_requests": 0, "concurrency": 2, "kind": "dataset", "rates": [4, 2]})
+    msg = str(e.value)
+    for part in ("num_requests must be an integer >= 1", 'kind "dataset" needs dataset', "rates must be ascending",
+                 "needs an SLO"):
+        assert part in msg, msg
+    with pytest.raises(ConfigError, match="unknown field"):
+        workload_from("w", {"num_requests": 1, "concurrency": 1, "prompt_length": 3})
+    with pytest.raises(ConfigError, match="prompt_dist"):
+        workload_from("w", {"num_requests": 1, "concurrency": 1, "prompt_dist": {"dist": "zipf", "mean": 3}})
+
+
+def test_new_fields_change_the_label_and_old_workloads_keep_theirs() -> None:
+    base = workload_from("lab", {"num_requests": 100, "concurrency": 10, "prompt_len": 128, "output_len": 64})
+    assert base.label == "lab-n100-c10-p128-o64"  # the keys of saved measurements and baselines
+    sampled = base.replace(temperature=0.8)
+    assert sampled.label.startswith("lab-n100-c10-p128-o64-") and sampled.label != base.label
+    assert base.at_rate(4).label == "lab-n100-cinf-rate4-p128-o64"
+
+
+def test_derived_deadline_bounds_a_wedged_server_far_below_n_over_c_timeouts() -> None:
+    lab = workload_from("lab", {"num_requests": 100, "concurrency": 10, "prompt_len": 128, "output_len": 64})
+    deadline = lab.shape(0, 600.0).deadline_s
+    assert deadline is not None and 600 < deadline < 0.25 * math.ceil(100 / 10) * 600
+    assert lab.replace(deadline_s=30.0).shape(0, 600.0).deadline_s == 30.0
+
+
+# -- multi-turn: the hit rate the histories imply ------------------------------------------------------------
+def test_expected_hit_range_from_histories() -> None:
+    def turn(conv: int, t: int, prompt: int, out: int) -> RequestRecord:
+        return RequestRecord(f"c{conv}t{t}", 0, out, start=1.0, chunk_times=[1.1], prompt_tokens=prompt,
+                             output_tokens=out, conversation=conv, turn=t)
+
+    # turn 2 (300 tokens) starts with turn 1's 140-token prompt and its 40-token answer; block 64
+    records = [turn(0, 1, 140, 40), turn(0, 2, 300, 40)]
+    low, high = expected_hit_range(records, 64)
+    assert low == pytest.approx(128 / 440) and high == pytest.approx(128 / 440)  # 140 -> 2 blocks; 179 -> 2
+    records = [turn(0, 1, 140, 60), turn(0, 2, 300, 40)]
+    low, high = expected_hit_range(records, 64)
+    assert low == pytest.approx(128 / 440) and high == pytest.approx(192 / 440)  # 199 tokens fill 3 blocks
+
+
+# -- capacity search --------------------------------------------------------------------------------------------
+def _measurement_at(rate: float, capacity: float) -> Measurement:
+    """A run whose p99 TTFT is 100 ms below the capacity and 2 s above it (injected)."""
+    ttft = 0.1 if rate <= capacity else 2.0
+    recs = [RequestRecord(f"r{i}", 4, 4, start=i, chunk_times=[i + ttft, i + ttft + 0.01], output_tokens=2)
+            for i in range(10)]
+    return Measurement(f"m{rate}", "vllm", "vllm", {}, {"request_rate": rate}, compute_metrics(recs, 10.0),
+                       TelemetrySummary(), recs, 0.0)
+
+
+def test_capacity_search_bisects_between_met_and_missed() -> None:
+    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
+    seen: list[float] = []
+
+    def measure(x: Workload) -> Measurement:
+        seen.append(x.request_rate)
+        assert x.concurrency is None and not x.rates
+        return _measurement_at(x.request_rate, capacity=6.0)
+
+    cap = find_capacity(w, measure)
+    assert seen[:3] == [1.0, 4.0, 16.0] and len(seen) == 6
+    assert cap.bounded_by == "search" and 4.0 <= cap.capacity_rps <= 6.0 and cap.capacity_rps > 5.0, cap
+    assert find_capacity(w, lambda x: _measurement_at(x.request_rate, 100.0)).bounded_by == "top"
+    bottom = find_capacity(w, lambda x: _measurement_at(x.request_rate, 0.5))
+    assert (bottom.capacity_rps, bottom.bounded_by) == (0.0, "bottom")
