@@ -32,6 +32,7 @@ class InvalidRun(MissingFigure):
 
 # Figures that stay meaningful when no request succeeded (counts, and what telemetry saw of the server).
 _WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests", "memory_utilization",
+                    "kv_capacity_tokens",
                     "gpu_memory_used_gib", "rss_peak_gib", "memory_gib", "gpu_utilization"}
 
 
@@ -77,12 +78,18 @@ class Measurement:
             "rss_peak_gib": t.rss_peak_gib,
             "seconds_per_output_token": 1.0 / flat["output_throughput"] if flat["output_throughput"] else None,
             "failure_rate": flat["failed"] / max(1, flat["completed"] + flat["failed"]),
+            # what the memory the engine was given holds: a bound on it checks the engine's layout, not the
+            # gpu_memory_utilization the suite itself passes (memory_utilization reads that back)
+            "kv_capacity_tokens": self.kv_cache.get("capacity_tokens"),
         }
         if name not in derived and not (name in flat and (flat[name] is None or isinstance(flat[name], (int, float)))):
             raise KeyError(f"unknown metric {name!r}; known: "
                            f"{sorted(k for k, v in flat.items() if v is None or isinstance(v, (int, float)))}"
                            f" and {sorted(derived) + sorted(self.figures)}")
         v = derived[name] if name in derived else flat[name]
+        if v is None and name == "kv_capacity_tokens":
+            raise MissingFigure("kv_capacity_tokens: the server's /metrics gave no vllm:cache_config_info block "
+                                "count (not a vLLM server, or /metrics was unreachable)")
         if v is None or (self.metrics.completed == 0 and name not in _WITHOUT_SUCCESS):
             errors = ", ".join(f"{k} x{n}" for k, n in self.metrics.errors.items()) or "none recorded"
             raise MissingFigure(f"{name}: no successful requests ({self.metrics.completed} completed, "
