@@ -1,7 +1,10 @@
 """Concurrency sweep: throughput and latency percentiles per level, the knee, the throughput-latency curve.
 
-Levels 1, 2, 4, ..., 64 on the lab-load server (config "vllm"), closed loop, num_requests = max(2 x level, 8)
-with short prompts and outputs on the CPU (perf/studies.toml). The knee (servingbench.studies.common.find_knee) is the
+Levels 1, 2, 4, ..., 64 on the lab-load server (config "vllm"), closed loop, with short prompts and outputs on the
+CPU (perf/studies.toml). Requests per level follow ``sampling.requests_for``: enough for the study's percentile (a
+p99 needs >= 100 samples), capped by the profile's ``max_requests`` (the CPU's wall time), never fewer than
+2 x level; each row records the percentile its sample supports (``latency_percentile``: p90 at the CPU's low
+levels), which the report's recommendation judges the level at. The knee (servingbench.studies.common.find_knee) is the
 first level where p50 E2EL or p50 TPOT grows by more, relatively, than output throughput does over the previous
 level; the level before it is the recommended operating point. Writes studies/concurrency.json.
 """
@@ -15,6 +18,7 @@ import pytest
 from servingbench.load.workload import Workload
 from servingbench.studies.common import StudyParams, load_study_params, record_rows, serving_row, sweep_findings
 from servingbench.studies.runs import REFERENCE, require_local
+from servingbench.studies.sampling import percentile_label, percentile_note, requests_for, samples, supported_percentile
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 
@@ -37,7 +41,8 @@ def params(pytestconfig: pytest.Config) -> StudyParams:
 
 
 def level_workload(params: StudyParams, level: int) -> Workload:
-    n = max(params["requests_per_level"] * level, params["min_requests"])
+    n = requests_for(level, params["percentile"], per_level=params["requests_per_level"],
+                     min_requests=params["min_requests"], max_requests=params.get("max_requests"))
     return params.workload(num_requests=n, concurrency=level)
 
 
@@ -45,8 +50,11 @@ def measure_level(bench, params: StudyParams, level: int) -> dict:
     require_local(bench)
     workload = level_workload(params, level)
     m = bench.measure(CONFIG, workload)
+    n, wanted = samples(m), params["percentile"]
     row = {"key": f"c{level}", "concurrency": level, "num_requests": workload.num_requests, "status": "measured",
-           "prompt_len": workload.prompt_len, "output_len": workload.output_len, **serving_row(m)}
+           "prompt_len": workload.prompt_len, "output_len": workload.output_len,
+           "latency_percentile": percentile_label(supported_percentile(n, wanted)),
+           "latency_percentile_note": percentile_note(n, wanted), **serving_row(m)}
     record_rows(bench, STUDY, [row], sweep_findings, sort_key=lambda r: r["concurrency"])
     return row
 

@@ -6,7 +6,9 @@ beyond that is the client's (and the host's) error: connection set-up, a late ev
 peer runs in several processes so that, at a thousand streams, the peer is not what runs late.
 
 TTFT error >= 0 always: the client takes its start before the request leaves, the peer its own after it arrives.
-ITL error is centred near 0: a late chunk shortens the next gap as much as it lengthens its own.
+ITL error is centred near 0: a late chunk shortens the next gap as much as it lengthens its own. Fixed lengths keep
+the streams in step, as in the suite's random workloads: a round's requests are sent together, so the TTFT error
+includes a worker's sending a burst, which the event loop's lag p90 does not show (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -139,12 +141,13 @@ def client_error_note(result: LoadResult, selftest: SelfTest | None) -> str:
     stats = result.worker_stats if isinstance(result, WorkersResult) else []
     n = len(stats) or 1
     conc = result.shape.concurrency
-    text = (f"client: {n} worker process{'es' if n > 1 else ''}, event-loop lag p90 {result.loop_lag_ms_p90:.1f} ms"
+    who = (f"{n} worker process{'es' if n > 1 else ''}" if stats else "in-process (one event loop)")
+    text = (f"client: {who}, event-loop lag p90 {result.loop_lag_ms_p90:.1f} ms"
             + (" (the worst worker's)" if n > 1 else ""))
     late = [s.name for s in stats if s.saturated]
     if late:
         text += f"; saturated: {', '.join(late)}"
-    elif n == 1 and result.client_saturated:
+    elif not stats and result.client_saturated:
         text += "; saturated"
     if selftest is None:
         return text + ("; no client self-test at this load: the client's own share of TTFT and ITL is not known "

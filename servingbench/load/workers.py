@@ -31,10 +31,10 @@ from servingbench.load.generator import (LOOP_LAG_WARN_MS, LoadResult, LoadShape
                                          preconditions, run_load)
 from servingbench.measure.records import RequestRecord
 
-# Streams per worker by default: at a token per 20-50 ms and ~10-25 us of client CPU per chunk, 256 streams keep
-# a core 10-30% busy, late by about a millisecond (a saturated loop: tens). The headroom is for faster decoders and
-# chunk bursts; docs/workers.md gives the measurements (scripts/client_bench.py).
-STREAMS_PER_WORKER = 256
+# Streams per worker by default, from the self-test on a 16-core H200 host (docs/workers.md): a chunk costs a
+# worker 20-40 us of CPU, so 256 streams at a chunk per 20 ms kept a core 39% busy and added 24 ms to the median
+# TTFT (p99 162 ms), 128 streams 8-17 ms (p99 80); at a chunk per 5 ms 256 streams saturated a worker, 128 did not.
+STREAMS_PER_WORKER = 128
 START_MARGIN_S = 1.0  # from the "go" to the shared start: every worker must get it and set up its tasks first
 READY_TIMEOUT_S = 120.0  # spawn and imports on a crowded box; a warm-up adds the request timeout
 POLL_S = 0.05
@@ -46,10 +46,7 @@ class WorkerError(RuntimeError):
 
 def available_cores() -> int:
     """Cores this process may run on (its affinity mask, as a container or taskset limits it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_workers(concurrency: int, cores: int | None = None) -> int:
@@ -120,14 +117,17 @@ def run_share(share: WorkerShare, wait_start: Callable[[], float]) -> WorkerRepo
     if share.warmup_specs:
         asyncio.run(_warm_up(share))
     start_at = wait_start()
-    began: list[float] = []
+    began: list[tuple[float, float]] = []
     result = asyncio.run(run_load(share.base_url, share.model, share.specs, share.shape, api_key=share.api_key,
                                   offsets=share.offsets, start_at=start_at,
-                                  before_measured=lambda: began.append(time.perf_counter())))
+                                  before_measured=lambda: began.append((time.perf_counter(), time.time()))))
     for gid, r in zip(share.ids, result.records):
         r.request_id = f"req-{gid}"
+    # its run began (perf_counter) where result.started_at (time.time, taken with it) says, a little after `began`
+    end = began[0][0] + (result.started_at - began[0][1]) + result.duration
+    end = max([end] + [r.chunk_times[-1] for r in result.records if r.chunk_times])
     return WorkerReport(share.index, share.workers, os.getpid(), len(share.specs), share.shape.concurrency,
-                        began[0] + result.duration, result.loop_lag_ms_p90, result.loop_lag_ms_p99,
+                        end, result.loop_lag_ms_p90, result.loop_lag_ms_p99,
                         result.loop_lag_ms_max, result.client_cpu_fraction, result.deadline_exceeded,
                         list(result.warnings), list(result.invalid), [r.to_dict() for r in result.records])
 

@@ -18,7 +18,7 @@ from servingbench.plugin import baselines
 from servingbench.plugin.options import add_options
 from servingbench.plugin.state import STATE, PluginState, resolve, state_of
 from servingbench.report.summary import baseline_lines, text_table, write_summary
-from servingbench.servers.process import ServerProcess
+from servingbench.servers.process import LEAKED, ServerProcess
 from servingbench.suite.gate import save_reports
 from servingbench.suite.thresholds import Bound
 
@@ -230,6 +230,7 @@ def _session_summary(tr: Any, config: pytest.Config) -> None:
     notes = [w for m in measured for w in m.warnings]
     notes.append(f"thresholds: {_tiers(state)}")
     notes += [f"{key}: {err.splitlines()[0]}" for key, err in session.errors.items()]
+    notes += [f"leaked: {leak}" for leak in LEAKED]  # a server that outlived SIGKILL may skew what came after
     for n in notes:
         tr.write_line(f"note: {n}")
     write_summary(session.results_dir, measured, {"hardware": p.hardware.key, "model": p.model.name,

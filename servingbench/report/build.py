@@ -22,6 +22,7 @@ from servingbench.report.doc import Doc, fmt
 from servingbench.report.data import (ReportOptions, RunData, batch_efficiency, conc, headlines, kv_limits, requests,
                                       static_baselines, sweep_groups, workload_name)
 from servingbench.report.studies import study_sections
+from servingbench.report.workloads import workload_sections
 
 if TYPE_CHECKING:
     from servingbench.load.workload import Workload
@@ -145,6 +146,7 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
 
     efficiency_section(doc, data, effs, figs)
     sweep_section(doc, data, groups, opts, figs)
+    workload_sections(doc, data, figs)
     doc.h(2, "Recommendations")
     for r in recs:
         doc.h(3, r.topic.replace("_", " "))

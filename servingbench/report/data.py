@@ -1,4 +1,5 @@
-"""What the report reads: the measurements and study files of results directories, and figures derived from them.
+"""What the report reads: the measurements, study files and capacity searches of results directories, and figures
+derived from them.
 
 Several directories merge (a GPU lease split over sessions); a measurement key seen twice keeps the later run.
 """
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 from servingbench.measure.measurement import Measurement, load_measurement, measurement_from_dict
 from servingbench.measure.metrics import batch_efficiency as batching
 from servingbench.report.recommend import SLOLimits, sweep_levels
+from servingbench.suite.capacity import CAPACITY_SCHEMA
 from servingbench.suite.defaults import default_studies_path
 
 Row = dict[str, Any]  # a study file, or one of its rows (JSON by design)
@@ -26,6 +28,7 @@ class RunData:
     studies: dict[str, Row]
     sources: list[str]
     notes: list[str] = field(default_factory=list)
+    capacities: list[Row] = field(default_factory=list)  # <results>/capacity/*.json, as read_capacity checks
 
     @property
     def hardware(self) -> str:
@@ -66,9 +69,40 @@ def _read_measurement(path: Path, notes: list[str]) -> Measurement | None:
         return None
 
 
+CAPACITY_POINT = ("rate", "request_throughput", "goodput", "p99_ttft_ms", "p99_tpot_ms", "failed", "meets")
+
+
+def read_capacity(path: Path) -> Row:
+    """A capacity search saved by ``BenchSession.record_capacity``, its points sorted by rate (a missing point
+    figure becomes None). ValueError (with the reason) for another schema or a malformed file."""
+    try:
+        c = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(str(e)) from e
+    if not isinstance(c, dict) or c.get("schema") != CAPACITY_SCHEMA:
+        got = c.get("schema") if isinstance(c, dict) else type(c).__name__
+        raise ValueError(f"schema {got!r}, not {CAPACITY_SCHEMA!r}")
+    problems = [f"{k} missing or not {t.__name__}" for k, t in (("config_name", str), ("workload", dict),
+                                                                  ("slo", dict), ("points", list))
+                if not isinstance(c.get(k), t)]
+    if not isinstance(c.get("capacity_rps"), (int, float)):
+        problems.append("capacity_rps missing or not a number")
+    if c.get("bounded_by") not in ("search", "top", "bottom"):
+        problems.append(f"bounded_by {c.get('bounded_by')!r} is not search, top or bottom")
+    if isinstance(c.get("points"), list) and not all(
+            isinstance(p, dict) and isinstance(p.get("rate"), (int, float)) for p in c["points"]):
+        problems.append("a point without a numeric rate")
+    if problems:
+        raise ValueError("; ".join(problems))
+    c["points"] = sorted(({k: p.get(k) for k in CAPACITY_POINT} for p in c["points"]), key=lambda p: p["rate"])
+    return c
+
+
 def load_run(dirs: Sequence[Path | str]) -> RunData:
-    """Measurements from ``DIR/measurements/*.json`` or ``DIR/*.json``, studies from ``DIR/studies/*.json``."""
+    """Measurements from ``DIR/measurements/*.json`` or ``DIR/*.json``, studies from ``DIR/studies/*.json``,
+    capacity searches from ``DIR/capacity/*.json`` (a search seen twice keeps the later directory's)."""
     by_key: dict[str, Measurement] = {}
+    caps: dict[str, Row] = {}
     data = RunData([], {}, [str(d) for d in dirs])
     for d in map(Path, dirs):
         if not d.is_dir():
@@ -91,12 +125,22 @@ def load_run(dirs: Sequence[Path | str]) -> RunData:
                 continue
             if isinstance(s, dict) and isinstance(s.get("rows"), list):
                 data.studies[s.get("study", path.stem)] = s
+        for path in sorted(d.glob("capacity/*.json")):
+            try:
+                cap = read_capacity(path)
+            except ValueError as e:
+                data.notes.append(f"skipped unreadable capacity file {path}: {e}")
+                continue
+            if path.stem in caps:
+                data.notes.append(f"capacity search {path.stem} appears twice; kept the later directory's ({path})")
+            caps[path.stem] = cap
         summary = d / "summary.json"
         if summary.is_file():
             data.notes += [f"session note: {n}" for n in json.loads(summary.read_text()).get("notes", [])]
     data.measurements = sorted(by_key.values(), key=lambda m: (m.config_name, workload_name(m),
                                                                m.workload.get("concurrency") or 0))
-    if not data.measurements and not data.studies:
+    data.capacities = sorted(caps.values(), key=lambda c: (c["config_name"], str(c["workload"].get("name"))))
+    if not data.measurements and not data.studies and not data.capacities:
         raise FileNotFoundError(f"no servingbench measurements or studies under {', '.join(map(str, dirs))}")
     return data
 
@@ -157,12 +201,14 @@ def static_baselines(heads: dict[str, Measurement], base: str | None) -> list[st
 
 
 def sweep_groups(ms: Sequence[Measurement], configs: Sequence[str]) -> dict[tuple[str, str], list[Measurement]]:
-    """(config, workload name) -> one run per concurrency level, for the headline configs and the study sweep."""
+    """(config, workload name) -> one run per concurrency level, for the headline configs and the study sweep.
+    Open-loop runs (a rate sweep's points) have no concurrency level: a group of only those is left out."""
     groups: dict[tuple[str, str], list[Measurement]] = defaultdict(list)
     for m in ms:
         if (m.config_name in configs and not is_study(m)) or workload_name(m) == "study-concurrency":
             groups[(m.config_name, workload_name(m))].append(m)
-    return {k: sweep_levels(v) for k, v in groups.items()}
+    levels = {k: sweep_levels(v) for k, v in groups.items()}
+    return {k: v for k, v in levels.items() if v}
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -208,4 +208,61 @@ def scaling(sizes: Sequence[int], throughput: Sequence[float], path: Path, title
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _num(v: Any) -> float:
+    """A JSON figure as a float; None (not measured) as NaN, which matplotlib leaves out."""
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def capacity_curve(caps: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Capacity searches (``<results>/capacity/*.json``): achieved request throughput (solid) and goodput (dashed)
+    against offered rate beside y = x, a dotted vertical line at each search's capacity; right, p99 TTFT (solid)
+    and p99 TPOT (dashed) against rate with the SLO limits in red. Filled markers met the SLO, hollow ones missed.
+    The rate axis is logarithmic where the rates span more than 10x."""
+    names = [str(c["config_name"]) for c in caps]
+    keys = names if len(set(names)) == len(names) else [
+        f"{n} · {(c.get('workload') or {}).get('name')}" for n, c in zip(names, caps)]
+    cmap = colors(keys)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    rates = [_num(p["rate"]) for c in caps for p in c["points"]]
+    lat: list[float] = []
+    for key, c in zip(keys, caps):
+        pts = list(c["points"])
+        xs, col = [_num(p["rate"]) for p in pts], cmap[key]
+        for ax, series in ((left, (("request_throughput", "-"), ("goodput", "--"))),
+                           (right, (("p99_ttft_ms", "-"), ("p99_tpot_ms", "--")))):
+            for field_, style in series:  # one legend entry per search: the line styles are in the titles
+                ys = [_num(p[field_]) for p in pts]
+                ax.plot(xs, ys, style, color=col, label=key if style == "-" else None, linewidth=1.3)
+                for x, y, p in zip(xs, ys, pts):
+                    ax.plot([x], [y], "o", color=col, markersize=5, markerfacecolor=col if p["meets"] else "white")
+                if ax is right:
+                    lat += [y for y in ys if y > 0]
+        cap = _num(c.get("capacity_rps"))
+        if cap > 0:
+            left.axvline(cap, color=col, linestyle=":", linewidth=1.2, label=f"capacity {cap:g} req/s")
+    if rates:
+        lo, hi = min(rates), max(rates)
+        left.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, linestyle="-.", label="y = x (all served)")
+    slos = {(k, v) for c in caps for k, v in dict(c.get("slo") or {}).items() if isinstance(v, (int, float))}
+    for k, v in sorted(slos):
+        right.axhline(v, color="red", linestyle="-" if k == "ttft_ms" else "--", linewidth=1,
+                      label=f"SLO {'TTFT' if k == 'ttft_ms' else 'TPOT'} {v:g} ms")
+        lat.append(v)
+    for ax in (left, right):
+        if rates and min(rates) > 0 and max(rates) / min(rates) > 10:
+            _log(ax, "x", rates)
+        ax.set_xlabel("offered request rate (req/s)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    if lat and max(lat) / min(lat) > 20:
+        _log(right, "y", lat)
+    left.set_ylabel("achieved (req/s)")
+    right.set_ylabel("latency p99 (ms)")
+    left.set_title("request throughput (solid), goodput (dashed) vs offered rate", fontsize=10)
+    right.set_title("p99 TTFT (solid), p99 TPOT (dashed) vs offered rate", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

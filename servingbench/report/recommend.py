@@ -5,16 +5,24 @@ Every verdict is a function of the numbers it cites, so a different run gives a 
 verdict needs is absent, it says "not measured in this run" rather than guessing. The SLO defaults are MLPerf
 Inference's Llama-2-70B server-scenario limits (TTFT p99 <= 2 s, TPOT p99 <= 200 ms); goodput is vLLM's definition
 (requests per second that met every limit), recomputed from each measurement's request records.
+
+Sample sizes and noise follow ``servingbench/studies/sampling.py``: a level is judged at the highest percentile
+its sample supports (a p99 needs >= 100 requests; fewer give a p90 or p50, and the verdict says so), and a
+difference counts as noise within the machine's measured run-to-run spread (``baselines/<key>/rounds.json``),
+else within a stated default that the verdict names.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from servingbench.measure.measurement import Measurement, measured_rows
 from servingbench.measure.metrics import SLO, compute_metrics
+from servingbench.studies.sampling import (DEFAULT_NOISE, Noise, hardware_of, level_percentile, machine_noise,
+                                           min_samples, percentile_field, percentile_label, samples)
 
 MLPERF_SOURCE = "MLPerf Inference v4 Llama-2-70B server scenario limits"
 Row = Mapping[str, Any]  # a study file, or one of its rows (JSON by design)
@@ -48,15 +56,15 @@ class SLOLimits:
     def describe(self) -> str:
         return f"TTFT p99 <= {self.ttft_p99_ms:g} ms and TPOT p99 <= {self.tpot_p99_ms:g} ms ({self.source})"
 
-    def run_violations(self, m: Measurement) -> list[str]:
-        """The run-level limits a measurement's p99s break, e.g. ["p99 TTFT 2503 ms > 2000 ms"]."""
-        out = []
-        for field_name, label, limit in (("p99_ttft_ms", "TTFT", self.ttft_p99_ms),
-                                         ("p99_tpot_ms", "TPOT", self.tpot_p99_ms)):
-            value = figure(m, field_name)
+    def run_violations(self, m: Measurement, q: float = 0.99) -> list[str]:
+        """The run-level limits a measurement's q-percentiles (p99 unless its sample supports less) break, e.g.
+        ["p99 TTFT 2503 ms > 2000 ms"]."""
+        out, p = [], percentile_label(q)
+        for metric, label, limit in (("ttft", "TTFT", self.ttft_p99_ms), ("tpot", "TPOT", self.tpot_p99_ms)):
+            value = figure(m, percentile_field(q, metric))
             if value is None or value > limit:
-                out.append(f"p99 {label} {num(value)} ms > {limit:g} ms" if value is not None
-                           else f"p99 {label} not measured")
+                out.append(f"{p} {label} {num(value)} ms > {limit:g} ms" if value is not None
+                           else f"{p} {label} not measured")
         return out
 
 
@@ -174,52 +182,89 @@ def sweep_levels(points: Sequence[Measurement]) -> list[Measurement]:
 
 
 def recommend_concurrency(config: str, points: Sequence[Measurement], slo: SLOLimits,
-                          noise: float = 0.05) -> Recommendation:
-    """The level to run at: of the levels whose run p99s meet the SLO, the lowest concurrency whose throughput is
-    within ``noise`` of the best one (more concurrency that adds no throughput only adds latency). Says whether the
-    SLO bound within the sweep, and where."""
+                          noise: float = DEFAULT_NOISE, baselines: Path | None = None,
+                          percentile: float = 0.99) -> Recommendation:
+    """The level to run at: of the levels whose latency percentiles meet the SLO, the lowest concurrency whose
+    throughput is within noise of the best one (more concurrency that adds no throughput only adds latency).
+
+    Each level is judged at ``percentile`` where its samples support it, else at the highest percentile they do
+    (``sampling.supported_percentile``; named in the evidence and the verdict). Noise is the machine's measured
+    throughput spread (``sampling.machine_noise`` from ``<baselines>/<hardware>/rounds.json``), else ``noise``,
+    the stated default the verdict names. Says whether the SLO bound within the sweep, and where."""
     topic = f"concurrency ({config})"
     levels = sweep_levels(points)
     if len(levels) < 2:
         return not_measured(topic, f"{config}: fewer than 2 concurrency levels of one workload")
-    ttft99 = lambda m: figure(m, "p99_ttft_ms")  # noqa: E731
-    tpot99 = lambda m: figure(m, "p99_tpot_ms")  # noqa: E731
+    nz = machine_noise(hardware_of(levels), config, baselines=baselines, default=noise)
+    q = {_c(m): level_percentile(m, percentile) for m in levels}
+
+    def lat(m: Measurement, metric: str) -> float | None:
+        return figure(m, percentile_field(q[_c(m)], metric))
+
+    def at(m: Measurement) -> str:
+        p = percentile_label(q[_c(m)])
+        return f"{p} TTFT {num(lat(m, 'ttft'))} ms and {p} TPOT {num(lat(m, 'tpot'))} ms"
+
+    def breaks(m: Measurement) -> list[str]:
+        return slo.run_violations(m, q[_c(m)])
+
     evidence = []
     for m in levels:
-        v = slo.run_violations(m)
-        evidence.append(f"c={_c(m)}: {tput(m):.1f} tok/s, p99 TTFT {num(ttft99(m))} ms, p99 TPOT "
-                        f"{num(tpot99(m))} ms: " + ("within the SLO" if not v else "breaks it (" + "; ".join(v) + ")"))
-    ok = [m for m in levels if not slo.run_violations(m)]
+        v = breaks(m)
+        p, n = percentile_label(q[_c(m)]), samples(m)
+        basis = f"{p} from {n} samples" + (f"; a {percentile_label(percentile)} needs >= {min_samples(percentile)}"
+                                            if q[_c(m)] < percentile else "")
+        evidence.append(f"c={_c(m)}: {tput(m):.1f} tok/s, {at(m)} ({basis}): "
+                        + ("within the SLO" if not v else "breaks it (" + "; ".join(v) + ")"))
+    evidence.append(f"noise: {nz.describe()}")
+    ok = [m for m in levels if not breaks(m)]
     if not ok:
-        least = min(levels, key=lambda m: math.inf if ttft99(m) is None else ttft99(m))
-        where = f"the lowest p99 TTFT was at c={_c(least)} ({num(ttft99(least))} ms)" if ttft99(least) is not None \
-            else "no level served a request successfully"
+        ttft = lambda m: lat(m, "ttft")  # noqa: E731
+        least = min(levels, key=lambda m: math.inf if ttft(m) is None else ttft(m))
+        where = (f"the lowest {percentile_label(q[_c(least)])} TTFT was at c={_c(least)} ({num(ttft(least))} ms)"
+                 if ttft(least) is not None else "no level served a request successfully")
         return Recommendation(topic, f"no measured level meets the SLO; {where}", evidence, None)
     fastest = max(ok, key=tput)
-    best = next(m for m in ok if tput(m) >= (1 - noise) * tput(fastest))
+    best = next(m for m in ok if tput(m) >= (1 - nz.threshold) * tput(fastest))
     c, top_c = _c(best), _c(levels[-1])
     single = next((m for m in levels if _c(m) == 1), None)
     gain = f", {times(tput(best) / tput(single))} the single-stream throughput" \
         if single and tput(single) and best is not single else ""
-    verdict = (f"run at concurrency {c}: {tput(best):.1f} output tok/s with p99 TTFT "
-               f"{num(ttft99(best))} ms and p99 TPOT {num(tpot99(best))} ms{gain}")
-    broken = [m for m in levels if slo.run_violations(m) and _c(m) > c]
+    verdict = f"run at concurrency {c}: {tput(best):.1f} output tok/s with {at(best)}{gain}"
+    if q[c] < percentile:
+        verdict += (f" (judged by {percentile_label(q[c])}: its {samples(best)} requests support no "
+                    f"{percentile_label(percentile)}, which needs >= {min_samples(percentile)}; a lower bar than "
+                    f"the SLO's {percentile_label(percentile)} limits)")
+    broken = [m for m in levels if breaks(m) and _c(m) > c]
     if fastest is not best:
-        verdict += (f"; c={_c(fastest)} gave {tput(fastest):.1f} tok/s, within "
-                    f"the {noise:.0%} noise threshold, at p99 TTFT {num(ttft99(fastest))} ms")
+        verdict += f"; c={_c(fastest)} gave {tput(fastest):.1f} tok/s, within noise, at {at(fastest)}"
     if c == top_c:
         verdict += (f"; the SLO did not bind up to the highest level measured (c={top_c}), so a higher level may "
                     "give more: extend the sweep")
     elif broken:
-        first = broken[0]
-        verdict += f"; c={_c(first)} breaks the SLO ({'; '.join(slo.run_violations(first))})"
+        verdict += f"; c={_c(broken[0])} breaks the SLO ({'; '.join(breaks(broken[0]))})"
     elif fastest is best:
         verdict += "; higher levels met the SLO but gave less throughput"
+    verdict += f"; {_noise_clause(nz)}"
     return Recommendation(topic, verdict, evidence, c)
 
 
+def _noise_clause(nz: Noise) -> str:
+    """How a verdict cites its noise threshold: the measured one briefly, the default with its reason."""
+    if nz.measured:
+        return f"noise threshold {nz.threshold:.0%} from the measured run-to-run spread"
+    return f"noise threshold {nz.threshold:.0%}: {nz.source}"
+
+
+def _study_noise(study: Mapping[str, Any] | None, metric: str, default: float,
+                 baselines: Path | None) -> Noise:
+    """The noise of ``metric`` on the hardware a study file ran on (the reference config "vllm")."""
+    hw = (study or {}).get("hardware") or {}
+    return machine_noise([hw.get("key") or hw.get("profile")], "vllm", metric, baselines, default)
+
+
 def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Measurement | None,
-                        noise: float) -> Recommendation:
+                        noise: float = DEFAULT_NOISE, baselines: Path | None = None) -> Recommendation:
     """Pays off when caching lowers TTFT or raises throughput beyond noise on the shared-prefix load; the loaded
     run's own hit rate says whether the lab's load would see any of it."""
     topic = "prefix_caching"
@@ -235,7 +280,9 @@ def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Measurement | N
         return rec
     speedup = off["median_ttft_ms"] / on["median_ttft_ms"] if on["median_ttft_ms"] else float("inf")
     gain = on["output_throughput"] / off["output_throughput"] if off["output_throughput"] else float("nan")
-    pays = speedup >= 1 + noise or gain >= 1 + noise
+    nt, nx = _study_noise(study, "median_ttft_ms", noise, baselines), \
+        _study_noise(study, "output_throughput", noise, baselines)
+    pays = speedup >= 1 + nt.threshold or gain >= 1 + nx.threshold
     evidence = [f"shared-prefix load ({on.get('prefix_len')} of {on.get('prompt_len')} prompt tokens shared, "
                 f"{on.get('num_requests')} requests): p50 TTFT {num(off['median_ttft_ms'])} ms off -> "
                 f"{num(on['median_ttft_ms'])} ms on ({times(speedup)}), output {off['output_throughput']:.1f} -> "
@@ -246,7 +293,9 @@ def prefix_cache_advice(study: Mapping[str, Any] | None, loaded: Measurement | N
         evidence.append(lab_line)
     verdict = ("pays off" if pays else "does not pay off beyond noise") + (
         f" on prompts that share a prefix: {times(speedup)} lower p50 TTFT, {times(gain)} throughput "
-        f"(noise threshold {noise:.0%})")
+        f"(noise thresholds: TTFT {nt.threshold:.0%}, throughput {nx.threshold:.0%}"
+        + ("" if nt.measured else f"; {nt.source}") + ")")
+    evidence += [f"noise: TTFT {nt.describe()}", f"noise: throughput {nx.describe()}"]
     if lab_rate is not None:
         verdict += (f"; the comparison load itself shares no prefix (hit rate {lab_rate:.1%}), so it gains nothing"
                     if lab_rate < 0.01 else f"; the comparison load hits the cache for {lab_rate:.1%} of prompt tokens")
@@ -329,7 +378,8 @@ def kv_quant_advice(study: Mapping[str, Any] | None, capacity_tokens: int | None
                           evidence, pick["key"])
 
 
-def block_size_advice(study: Mapping[str, Any] | None, noise: float) -> Recommendation:
+def block_size_advice(study: Mapping[str, Any] | None, noise: float = DEFAULT_NOISE,
+                      baselines: Path | None = None) -> Recommendation:
     """Keep the engine's default unless another measured block size is faster beyond noise."""
     topic = "block_size"
     rows = [r for r in measured_rows((study or {}).get("rows", [])) if r.get("output_throughput")]
@@ -345,13 +395,15 @@ def block_size_advice(study: Mapping[str, Any] | None, noise: float) -> Recommen
                                      "tok/s); the engine default was not among the measured rows", evidence,
                               best["block_size"])
     gain = best["output_throughput"] / default["output_throughput"]
+    nz = _study_noise(study, "output_throughput", noise, baselines)
+    evidence.append(f"noise: {nz.describe()}")
     if best is default:
         return Recommendation(topic, f"keep the default block size {default['block_size']}: it was the fastest "
                                      f"measured ({default['output_throughput']:.1f} tok/s)", evidence,
                               default["block_size"])
-    if gain < 1 + noise:
+    if gain < 1 + nz.threshold:
         return Recommendation(topic, f"keep the default block size {default['block_size']}: the fastest "
-                                     f"(block {best['block_size']}) gives {times(gain)} its throughput, within the "
-                                     f"{noise:.0%} noise threshold", evidence, default["block_size"])
+                                     f"(block {best['block_size']}) gives {times(gain)} its throughput, within "
+                                     f"noise ({_noise_clause(nz)})", evidence, default["block_size"])
     return Recommendation(topic, f"use block size {best['block_size']}: {times(gain)} the default "
                                  f"{default['block_size']}'s throughput", evidence, best["block_size"])

@@ -1,4 +1,5 @@
-"""The study sections of the report: block size, KV-cache dtype, prefix caching, tensor parallelism, offline.
+"""The study sections of the report: concurrency sampling, block size, KV-cache dtype, prefix caching, tensor
+parallelism, offline.
 
 Each reads ``<results>/studies/<study>.json`` (servingbench/studies.py writes them: rows plus findings) through
 ``row.get``, so a study file with fewer or extra fields still renders; a missing study prints "not measured in
@@ -52,6 +53,7 @@ SERVING: list[Column] = [
 
 def study_sections(doc: "Doc", data: "RunData", figs: Path) -> None:
     doc.h(2, "Studies")
+    concurrency(doc, data.studies.get("concurrency"), figs)
     block_size(doc, data.studies.get("block_size"), figs)
     kv_dtype(doc, data.studies.get("kv_cache_dtype"), figs)
     prefix_cache(doc, data.studies.get("prefix_cache"), figs)
@@ -74,6 +76,27 @@ def _provenance(study: Row) -> str:
     where = hw.get("gpu_name") or hw.get("cpu") or hw.get("profile") or "unknown hardware"
     engine = f", vLLM {versions['vllm']}" if versions.get("vllm") else ""
     return f"Measured on {where} with model {model.get('name', 'unknown')}{engine}."
+
+
+def _at_percentile(metric: str) -> Callable[[Row], Any]:
+    """A row's ``metric`` at the percentile its sample supports (``latency_percentile``; p99 in older files)."""
+    def get(r: Row) -> Any:
+        p = r.get("latency_percentile") or "p99"
+        return r.get(f"median_{metric}_ms" if p == "p50" else f"{p}_{metric}_ms")
+    return get
+
+
+def concurrency(doc: "Doc", study: Row | None, figs: Path) -> None:
+    """Per level: the requests measured and the latency percentile they support, with the figures at it."""
+    if _absent(doc, "Concurrency sweep: samples per level", study):
+        return
+    _table(doc, measured_rows(study["rows"]), [
+        ("concurrency", _get("concurrency"), "{}"), ("requests", _get("num_requests"), "{}"),
+        ("percentile", lambda r: r.get("latency_percentile") or "p99 (not recorded)", "{}"),
+        ("out tok/s", _get("output_throughput"), "{:.1f}"), ("TTFT ms", _at_percentile("ttft"), "{:.1f}"),
+        ("TPOT ms", _at_percentile("tpot"), "{:.2f}"), ("samples", _get("latency_percentile_note"), "{}")])
+    doc.p("A q-percentile needs 1 / (1 - q) samples (a p99 100, a p90 10): each level is reported, and judged "
+          "against the SLO's limits by the recommendation, at the highest percentile its requests support.")
 
 
 def block_size(doc: "Doc", study: Row | None, figs: Path) -> None:

@@ -176,7 +176,10 @@ def sweep_findings(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "knee_definition": "first level c (vs the previous level c') where p50 E2EL or p50 TPOT grows by more, "
                            "relatively, than output throughput: L(c)/L(c') - 1 > T(c)/T(c') - 1",
         "curve": [{"concurrency": r["concurrency"], "output_throughput": r["output_throughput"],
-                   "median_e2el_ms": r["median_e2el_ms"], "median_tpot_ms": r["median_tpot_ms"]} for r in rows],
+                   "median_e2el_ms": r["median_e2el_ms"], "median_tpot_ms": r["median_tpot_ms"],
+                   "latency_percentile": r.get("latency_percentile")} for r in rows],
+        "percentile_rule": "a q-percentile needs 1 / (1 - q) samples (p99: 100, p90: 10); each level's "
+                           "latency_percentile is the highest its requests support (servingbench/studies/sampling.py)",
         "knee": None, "peak_throughput": None, "speedup_over_single_stream": None,
     }
     if not rows:

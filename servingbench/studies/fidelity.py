@@ -4,7 +4,9 @@ Every figure the suite asserts on is only as good as its client, so two things a
 
 - Agreement: the same workload driven by our load generator and by vLLM's benchmark client against one vLLM
   server gives the same figures (both use vLLM's definitions, see ``metrics.py``). ``compare`` builds the
-  side-by-side table from several runs of each client.
+  side-by-side table from interleaved runs of each client, paired run by run: the t interval of the mean log
+  ratio must lie within ±5% (``paired``, TOST-style), so noise widens the interval (and can leave the verdict
+  "inconclusive", which does not pass), never the margin.
 - Client cost: CPU time per streamed chunk against a peer that streams as fast as it can (``sse_peer``, an
   aiohttp server with no model). A client that needs more CPU per chunk than the server's chunk rate leaves it
   measures itself. Each client runs in its own process here, so its CPU time is its own work only.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import special
 
 # The figures compared, as (key in vLLM's saved result and in ``BenchmarkMetrics.to_vllm_json``, label).
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -35,7 +38,8 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("median_tpot_ms", "TPOT p50 ms"), ("p99_tpot_ms", "TPOT p99 ms"), ("median_itl_ms", "ITL p50 ms"),
     ("median_e2el_ms", "E2EL p50 ms"),
 )
-TARGET = 0.05  # every figure within 5% of vLLM's, unless the runs themselves vary more (see ``compare``)
+TARGET = 0.05  # the equivalence margin: every figure's paired mean ratio to vLLM's within ±5% (see ``paired``)
+ALPHA = 0.05  # each one-sided test of the equivalence (TOST): the interval is the two-sided 90% t interval
 # Where the two clients' definitions differ at all (shown beside a figure that misses TARGET).
 TRUST_ENV_NOTE = ("vLLM's client starts its clock before aiohttp's trust_env lookups (.netrc and proxy env, two "
                   "thread-pool hops per request); ours sends with trust_env off")
@@ -178,26 +182,92 @@ def vllm_figures(result: dict[str, Any], expect_requests: int | None = None) -> 
 # ----------------------------------------------------------------------------------------------------------
 # The side-by-side table.
 
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison: per interleaved pair i the ratio ours_i / vLLM's_i, and a t interval of their mean log.
+
+    TOST-style: with the two-sided (1 - 2 alpha) interval [lo, hi] of the mean log ratio and L = log(1 + margin),
+    "agrees" when -L < lo and hi < L (both one-sided tests at alpha reject a difference of L or more), "differs"
+    when the whole interval lies beyond L (lo >= L or hi <= -L), else "inconclusive" (too noisy, or too few pairs,
+    to tell). Noise widens the interval, never the margin: a constant bias shows however noisy the machine is, as
+    long as the noise hits both runs of a pair alike."""
+
+    n: int
+    mean_log_ratio: float
+    ci_log: tuple[float, float]
+    margin: float
+    alpha: float
+
+    @property
+    def ratio(self) -> float:
+        return math.exp(self.mean_log_ratio)
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """The interval as relative differences, (ratio - 1) at each bound."""
+        return math.expm1(self.ci_log[0]), math.expm1(self.ci_log[1])
+
+    @property
+    def verdict(self) -> str:
+        lim, (lo, hi) = math.log1p(self.margin), self.ci_log
+        if -lim < lo and hi < lim:
+            return "agrees"
+        if lo >= lim or hi <= -lim:
+            return "differs"
+        return "inconclusive"
+
+    @property
+    def not_above(self) -> str:
+        """One-sided: "yes" when the upper bound is below +margin, "no" when the lower bound is above it."""
+        lim, (lo, hi) = math.log1p(self.margin), self.ci_log
+        return "yes" if hi < lim else "no" if lo >= lim else "inconclusive"
+
+    def describe(self) -> str:
+        lo, hi = self.ci
+        return (f"{self.verdict}: mean ratio {self.ratio - 1:+.1%}, {1 - 2 * self.alpha:.0%} CI [{lo:+.1%}, {hi:+.1%}] "
+                f"over {self.n} pairs, margin ±{self.margin:.0%}")
+
+
+def paired(ours: Sequence[float], vllm: Sequence[float], margin: float = TARGET, alpha: float = ALPHA) -> Paired:
+    """``Paired`` of runs interleaved pair by pair (``ours[i]`` beside ``vllm[i]``); one pair gives an infinite
+    interval (inconclusive)."""
+    if len(ours) != len(vllm) or not ours:
+        raise FidelityError(f"a paired comparison needs as many runs of each client, got {len(ours)} and {len(vllm)}")
+    a, b = np.asarray(ours, dtype=float), np.asarray(vllm, dtype=float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and (a > 0).all() and (b > 0).all()):
+        raise FidelityError(f"paired figures must be finite and > 0, got ours {list(a)}, vLLM's {list(b)}")
+    d = np.log(a) - np.log(b)
+    mean, n = float(d.mean()), int(d.size)
+    if n < 2:
+        return Paired(n, mean, (-math.inf, math.inf), margin, alpha)
+    half = float(special.stdtrit(n - 1, 1 - alpha)) * float(d.std(ddof=1)) / math.sqrt(n)
+    return Paired(n, mean, (mean - half, mean + half), margin, alpha)
+
+
 @dataclass
 class FigureRow:
     key: str
     label: str
     ours: float  # median over our runs
     vllm: float  # median over vLLM's runs
-    ours_runs: list[float]
+    ours_runs: list[float]  # in run order: ours_runs[i] was interleaved with vllm_runs[i]
     vllm_runs: list[float]
-    spread: float  # the larger relative range (max - min) / median of either client's runs
-    tolerance: float  # max(TARGET, spread)
+    ratio: float  # exp(mean log(ours_i / vllm_i)): the paired estimate
+    ci_low: float  # the interval of ratio - 1 (``Paired.ci``)
+    ci_high: float
+    margin: float
+    verdict: str  # "agrees" | "differs" | "inconclusive" (``Paired.verdict``)
     note: str = ""
 
     @property
     def diff(self) -> float:
-        """(ours - vLLM's) / vLLM's."""
-        return (self.ours - self.vllm) / self.vllm if self.vllm else math.inf
+        """The paired relative difference: mean ratio ours / vLLM's - 1."""
+        return self.ratio - 1
 
     @property
     def agrees(self) -> bool:
-        return abs(self.diff) <= self.tolerance
+        """Only "agrees" passes: "differs" and "inconclusive" do not."""
+        return self.verdict == "agrees"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "diff": self.diff, "agrees": self.agrees}
@@ -210,30 +280,28 @@ def relative_range(values: Sequence[float]) -> float:
 
 
 def compare(ours: Sequence[dict[str, float]], vllm: Sequence[dict[str, float]], target: float = TARGET,
-            notes: dict[str, str] | None = None) -> list[FigureRow]:
-    """Medians of each client's runs, side by side.
-
-    Tolerance: two clients measuring the same thing differ, median to median, by no more than the run-to-run
-    range either of them shows on its own; so a figure agrees when within ``max(target, that range)``.
-    """
+            notes: dict[str, str] | None = None, alpha: float = ALPHA) -> list[FigureRow]:
+    """Each figure, paired run by run: ``ours[i]`` and ``vllm[i]`` must be interleaved runs (adjacent in time, so
+    the machine's drift hits both); the verdict is ``paired``'s equivalence test with margin ``target``."""
     if not ours or not vllm:
         raise FidelityError("compare needs at least one run of each client")
     rows = []
     for key, label in FIGURES:
         a, b = [float(r[key]) for r in ours], [float(r[key]) for r in vllm]
-        spread = max(relative_range(a), relative_range(b))
-        row = FigureRow(key, label, float(np.median(a)), float(np.median(b)), a, b, spread, max(target, spread))
-        row.note = (notes or {}).get(key, "") if abs(row.diff) > target else ""
+        p = paired(a, b, target, alpha)
+        row = FigureRow(key, label, float(np.median(a)), float(np.median(b)), a, b, p.ratio, *p.ci, target,
+                        p.verdict)
+        row.note = (notes or {}).get(key, "") if not row.agrees else ""
         rows.append(row)
     return rows
 
 
 def format_table(rows: Sequence[FigureRow]) -> str:
-    head = ["figure", "ours", "vLLM", "diff", "spread", "tol", "ok", "note"]
-    body = [[r.label, f"{r.ours:.2f}", f"{r.vllm:.2f}", f"{r.diff:+.1%}", f"{r.spread:.1%}", f"{r.tolerance:.1%}",
-             "yes" if r.agrees else "NO", r.note] for r in rows]
+    head = ["figure", "ours", "vLLM", "paired diff", "CI", "margin", "verdict", "note"]
+    body = [[r.label, f"{r.ours:.2f}", f"{r.vllm:.2f}", f"{r.diff:+.1%}", f"[{r.ci_low:+.1%}, {r.ci_high:+.1%}]",
+             f"±{r.margin:.0%}", r.verdict if r.agrees else r.verdict.upper(), r.note] for r in rows]
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+    lines = ["  ".join(c.ljust(w) if i in (0, 6, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
              for x in [head] + body]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
 

@@ -16,6 +16,12 @@ compute-bound it is (decode MFU in single digits is normal). Formulas (stated in
     FLOPs/token  2 x streamed parameters + 4 x layers x heads x head_dim x c  (matmuls; QK^T and AV attention)
     MFU          output tokens/s x FLOPs/token / (peak FLOP/s of the model's dtype x GPUs)
 
+Which cores count (a CPU host): both peaks are for the cores the engine computes on, vLLM's CPU build's
+cores - 1 threads (``Hardware.engine_threads``; 1 core of a 2-core box), never FLOP/s over all cores against a
+one-thread bandwidth. A CPU entry of hardware_peaks.toml states ``cores_counted`` (checked on load against its
+bandwidth threads and its cores x clock x FLOP/cycle), a probed peak is measured on the engine's threads, and
+``Efficiency.cores_counted`` records the count (None on a GPU).
+
 Tokens/s is the run's output throughput over its whole wall-clock duration, so prefill time counts against the
 decode figures: MBU is end-to-end, a lower bound on the bandwidth a single decode step reaches. ``mfu_all_tokens``
 adds the prompt tokens' FLOPs (2 x (streamed parameters - LM head) + attention over p/2 on average: logits are
@@ -24,6 +30,7 @@ computed for the last prompt token only), less the share vLLM reports as prefix-
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import tomllib
@@ -52,6 +59,7 @@ class DevicePeaks:
     peak_tflops: Mapping[str, float]
     source: str
     count: int = 1
+    cores_counted: int | None = None  # CPU: the cores both peaks are for (the engine's compute threads)
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
@@ -79,7 +87,36 @@ def load_peak_table(path: Path | str | None = None) -> list[dict[str, Any]]:
         missing = {"name", "profiles", "memory_bandwidth_gb_s", "peak_tflops", "source"} - set(d)
         if missing:
             raise EfficiencyError(f"{path}: [[device]] #{i + 1} lacks {sorted(missing)}")
+        if any(p.startswith("cpu-") for p in d["profiles"]) or "cores_counted" in d:
+            check_cpu_cores(d, f"{path}: [[device]] #{i + 1} ({d['name']})")
     return devices
+
+
+def check_cpu_cores(d: Mapping[str, Any], where: str) -> None:
+    """A CPU entry's peaks must count the same cores: ``cores_counted`` = ``bandwidth_threads``, and each
+    ``peak_tflops`` = cores_counted x ``clock_ghz`` x ``flop_per_cycle`` (within 1%)."""
+    cores = d.get("cores_counted")
+    if not isinstance(cores, int) or cores < 1:
+        raise EfficiencyError(f"{where}: a CPU entry needs cores_counted (the cores the engine computes on, which "
+                              f"both peaks are for), got {cores!r}")
+    if d.get("bandwidth_threads") != cores:
+        raise EfficiencyError(f"{where}: memory bandwidth measured on {d.get('bandwidth_threads')!r} threads but "
+                              f"the peaks count {cores} cores: MBU and MFU would divide by different hardware")
+    clock, per_cycle = d.get("clock_ghz"), d.get("flop_per_cycle") or {}
+    if not clock or set(per_cycle) != set(d["peak_tflops"]):
+        raise EfficiencyError(f"{where}: a CPU entry needs clock_ghz and flop_per_cycle for each peak_tflops dtype "
+                              "(to show which cores its FLOP/s count)")
+    for dtype, tf in d["peak_tflops"].items():
+        derived = cores * clock * per_cycle[dtype] / 1e3
+        if not math.isclose(tf, derived, rel_tol=0.01):
+            raise EfficiencyError(f"{where}: peak_tflops.{dtype} = {tf} but {cores} core(s) x {clock} GHz x "
+                                  f"{per_cycle[dtype]} FLOP/cycle = {derived:.5g}: not the cores_counted")
+
+
+def profile_engine_threads(hardware: str) -> int | None:
+    """The engine's compute threads a CPU profile key implies ("cpu-2c-avx512": 2 cores, 1 thread); else None."""
+    m = re.match(r"cpu-(\d+)c\b", hardware)
+    return max(1, int(m.group(1)) - 1) if m else None
 
 
 def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[str, Any]],
@@ -90,14 +127,18 @@ def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[st
     """
     m = re.fullmatch(r"(.+)-x(\d+)", hardware)
     base, suffix_n = (m.group(1), int(m.group(2))) if m else (hardware, 1)
+    threads = profile_engine_threads(base)
     for d in devices:
         if not any(base == p or (p.endswith("*") and base.startswith(p[:-1])) for p in d["profiles"]):
             continue
         needles = d.get("gpu_name_contains") or []
         if needles and not (gpu_name and any(s.lower() in gpu_name.lower() for s in needles)):
             continue
+        cores = d.get("cores_counted")
+        if cores is not None and threads is not None and cores != threads:
+            continue  # peaks for other cores than this profile's engine computes on
         return DevicePeaks(d["name"], float(d["memory_bandwidth_gb_s"]), dict(d["peak_tflops"]), d["source"],
-                           count or suffix_n)
+                           1 if cores is not None else (count or suffix_n), cores)
     return None
 
 
@@ -117,7 +158,7 @@ def probed_peaks(hardware: Hardware, gpus: int = 1, cache_only: bool = False) ->
     if bw is None:
         return None
     return DevicePeaks(f"measured on this machine: {bw.device}", bw.gb_s, {}, f"{bw.method}, {bw.measured_at}",
-                       gpus if hardware.gpu else 1)
+                       gpus if hardware.gpu else 1, None if hardware.gpu else bw.threads or hardware.engine_threads)
 
 
 def host_memory_bandwidth_gb_s(size_mib: int = 256, repeats: int = 8) -> float:
@@ -201,6 +242,15 @@ class Efficiency:
     mfu: float | None
     mfu_all_tokens: float | None
     peaks: DevicePeaks | None
+    cores_counted: int | None = None  # CPU: the cores both peaks (MBU's and MFU's) are for; None on a GPU
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures, with the peaks they divide by and the cores those count."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "peaks"}
+        out["peaks"] = None if self.peaks is None else {
+            "name": self.peaks.name, "memory_bandwidth_gb_s": self.peaks.memory_bandwidth_gb_s,
+            "peak_tflops": dict(self.peaks.peak_tflops), "count": self.peaks.count, "source": self.peaks.source}
+        return out
 
 
 def compute_efficiency(shape: ModelShape, *, output_tokens_per_s: float, batch: float, context: float,
@@ -222,7 +272,8 @@ def compute_efficiency(shape: ModelShape, *, output_tokens_per_s: float, batch: 
         batch=batch, context=context, weight_bytes=w, kv_bytes_per_sequence=kv_seq, bytes_per_token=per_token,
         achieved_gb_s=achieved / 1e9, mbu=achieved / peaks.bandwidth_bytes_per_s if peaks else None,
         flops_per_token=flops_tok, achieved_tflops=flops / 1e12, mfu=flops / peak_f if peak_f else None,
-        mfu_all_tokens=all_flops / peak_f if peak_f else None, peaks=peaks)
+        mfu_all_tokens=all_flops / peak_f if peak_f else None, peaks=peaks,
+        cores_counted=peaks.cores_counted if peaks else None)
 
 
 def decode_batch(records: Iterable[RequestRecord]) -> float | None:

@@ -388,3 +388,21 @@ def test_engine_dummy_load_needs_only_config_and_tokenizer(model_dir: str, tmp_p
     assert first.completion_tokens == second.completion_tokens == 3
     again = HFBaselineServer(str(tmp_path), load_format="dummy").generate([PROMPT_IDS], 3, ignore_eos=True)[0]
     assert again.token_ids == first.token_ids  # seeded: every run serves the same random weights
+
+
+def test_top_p_and_seed_sample_as_asked(hf_server: ServerProcess) -> None:
+    """A nucleus too small for a second token is greedy decoding; one seed gives one answer; natural stops end where
+    the model stops, and usage says how long that was."""
+    specs = random_token_prompts(2, 12, 16, VOCAB, seed=11)
+
+    def texts(shape: LoadShape) -> list[str]:
+        result = asyncio.run(run_load(hf_server.url, MODEL, specs, shape))
+        assert result.metrics().failed == 0, result.metrics().errors
+        assert all(r.output_tokens is not None and 1 <= r.output_tokens <= 16 for r in result.records)
+        return [r.generated_text for r in result.records]
+
+    greedy = texts(LoadShape(concurrency=1))
+    assert texts(LoadShape(concurrency=1, temperature=1.0, top_p=1e-6, ignore_eos=False)) == greedy
+    seeded = texts(LoadShape(concurrency=1, temperature=1.5, sampling_seed=5, ignore_eos=False))
+    assert texts(LoadShape(concurrency=1, temperature=1.5, sampling_seed=5, ignore_eos=False)) == seeded
+    assert seeded != greedy

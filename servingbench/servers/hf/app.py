@@ -137,7 +137,7 @@ async def _serve(request: web.Request, endpoint: str, prompt_ids: list[int],
         raise bad_request(f"'min_tokens' ({params.min_tokens}) must be <= max_tokens ({max_tokens})",
                           "min_tokens")
     sequence = SequenceRequest(prompt_ids, max_tokens, params.temperature, params.ignore_eos, params.min_tokens,
-                               params.seed)
+                               params.seed, top_p=params.top_p)
     pending = PendingRequest(sequence, asyncio.get_running_loop())
     fmt = ResponseFormat(endpoint, state.served_model_name)
     state.worker.submit(pending)

@@ -51,6 +51,7 @@ class SequenceRequest:
     min_tokens: int = 0  # the end-of-sequence token is suppressed until this many tokens exist
     seed: int | None = None
     cancelled: bool = False
+    top_p: float = 1.0  # nucleus sampling: draw from the smallest set of tokens whose probability reaches top_p
 
 
 @dataclass(frozen=True)
@@ -324,5 +325,16 @@ class HFBaselineServer:
         for i, request in enumerate(requests):
             if not done[i] and request.temperature > 0:
                 probs = torch.softmax(logits[i] / request.temperature, dim=-1)
+                if request.top_p < 1.0:
+                    probs = nucleus(probs, request.top_p)
                 chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
         return chosen.tolist()
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` with every token outside the top-p nucleus set to 0 (the most likely token always stays)."""
+    sorted_p, order = torch.sort(probs, descending=True)
+    keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < top_p
+    out = torch.zeros_like(probs)
+    out[order[keep]] = sorted_p[keep]
+    return out

@@ -53,6 +53,7 @@ class SamplingParams:
     stream: bool
     include_usage: bool
     seed: int | None
+    top_p: float = 1.0
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -124,6 +125,11 @@ def parse_sampling(body: dict[str, Any], default_max_tokens: int | None) -> Samp
     seed = _int_field(body, "seed", None, -(2**63))
     if seed is not None and seed >= 2**64:
         raise bad_request(f"'seed' must fit in 64 bits, got {seed}", "seed")
+    top_p = body.get("top_p")
+    if top_p is None:
+        top_p = 1.0
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise bad_request(f"'top_p' must be a number in (0, 1], got {json.dumps(top_p)[:40]}", "top_p")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
@@ -133,7 +139,7 @@ def parse_sampling(body: dict[str, Any], default_max_tokens: int | None) -> Samp
         raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
     return SamplingParams(max_tokens=max_tokens, temperature=float(temperature),
                           ignore_eos=_bool_field(body, "ignore_eos", False), min_tokens=min_tokens,
-                          stream=stream, include_usage=include_usage, seed=seed)
+                          stream=stream, include_usage=include_usage, seed=seed, top_p=float(top_p))
 
 
 def _is_token_list(value: Any) -> bool:
