@@ -18,7 +18,7 @@ import pytest
 from servingbench.load.workload import Workload
 from servingbench.studies.common import StudyParams, load_study_params, record_rows, serving_row, sweep_findings
 from servingbench.studies.runs import REFERENCE, require_local
-from servingbench.studies.sampling import percentile_label, percentile_note, requests_for, samples, supported_percentile
+from servingbench.studies.sampling import requests_for, row_labels, samples
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 
@@ -50,11 +50,9 @@ def measure_level(bench, params: StudyParams, level: int) -> dict:
     require_local(bench)
     workload = level_workload(params, level)
     m = bench.measure(CONFIG, workload)
-    n, wanted = samples(m), params["percentile"]
     row = {"key": f"c{level}", "concurrency": level, "num_requests": workload.num_requests, "status": "measured",
            "prompt_len": workload.prompt_len, "output_len": workload.output_len,
-           "latency_percentile": percentile_label(supported_percentile(n, wanted)),
-           "latency_percentile_note": percentile_note(n, wanted), **serving_row(m)}
+           **row_labels(samples(m), params["percentile"]), **serving_row(m)}
     record_rows(bench, STUDY, [row], sweep_findings, sort_key=lambda r: r["concurrency"])
     return row
 

@@ -68,6 +68,8 @@ class Workload:
     deadline_s: float | None = None  # the run's deadline; None: derived from the workload and the request timeout
     max_schedule_lag_ms: float = 100.0
     max_queue_ms: float = 100.0
+    client_workers: int | None = None  # client processes; None: as the concurrency needs (load/workers.py)
+    max_client_ttft_error_ms: float = 25.0  # runs at >= SELF_TEST_CONCURRENCY: the self-test's bound
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -97,6 +99,9 @@ class Workload:
                 out.append(f"rates must be ascending, got {list(self.rates)}")
             if self.slo_ttft_ms is None and self.slo_tpot_ms is None:
                 out.append("a rate sweep needs an SLO: slo_ttft_ms and/or slo_tpot_ms (p99, milliseconds)")
+        if self.client_workers is not None and (isinstance(self.client_workers, bool)
+                                                or not isinstance(self.client_workers, int) or self.client_workers < 1):
+            out.append(f"client_workers must be an integer >= 1 (or left out), got {self.client_workers!r}")
         if self.think_time_s < 0 or (self.deadline_s is not None and self.deadline_s <= 0):
             out.append("think_time_s must be >= 0 and deadline_s > 0")
         return out
@@ -188,6 +193,17 @@ class Workload:
         requests = self.num_requests * (self.turns if self.kind == "conversation" else 1)
         per_request = 0.05 * self.output_len + 0.001 * self.prompt_len * self.turns + self.think_time_s
         return timeout_s + requests * per_request
+
+    def workers(self) -> int:
+        """How many client processes drive it: ``client_workers``, or as many as the concurrency needs
+        (``STREAMS_PER_WORKER`` streams each, at most the cores less one); multi-turn runs stay in one process."""
+        if self.kind == "conversation":
+            return 1
+        if self.client_workers is not None:
+            return self.client_workers
+        from servingbench.load.workers import default_workers
+
+        return default_workers(self.concurrency or self.num_requests)
 
     def replace(self, **changes: Any) -> "Workload":
         return dataclasses.replace(self, **changes)

@@ -175,7 +175,7 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
                "recommendations": [r.to_dict() for r in recs],
                "efficiency": {k: (e if isinstance(e, str) else {f: getattr(e, f) for f in (
                    "batch", "context", "bytes_per_token", "achieved_gb_s", "mbu", "flops_per_token",
-                   "achieved_tflops", "mfu", "mfu_all_tokens")}) for k, e in effs.items()},
+                   "achieved_tflops", "mfu", "mfu_all_tokens", "cores_counted")}) for k, e in effs.items()},
                "figures": [p.name for p in doc.figures]}
     return doc, machine
 

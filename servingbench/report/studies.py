@@ -78,10 +78,17 @@ def _provenance(study: Row) -> str:
     return f"Measured on {where} with model {model.get('name', 'unknown')}{engine}."
 
 
+def _percentile(r: Row) -> str:
+    """The percentile a sweep row supports: as recorded, else (an older file) from its request count."""
+    from servingbench.studies.sampling import percentile_label, supported_percentile
+
+    return r.get("latency_percentile") or percentile_label(supported_percentile(int(r.get("num_requests") or 0)))
+
+
 def _at_percentile(metric: str) -> Callable[[Row], Any]:
-    """A row's ``metric`` at the percentile its sample supports (``latency_percentile``; p99 in older files)."""
+    """A row's ``metric`` at the percentile its sample supports."""
     def get(r: Row) -> Any:
-        p = r.get("latency_percentile") or "p99"
+        p = _percentile(r)
         return r.get(f"median_{metric}_ms" if p == "p50" else f"{p}_{metric}_ms")
     return get
 
@@ -92,9 +99,10 @@ def concurrency(doc: "Doc", study: Row | None, figs: Path) -> None:
         return
     _table(doc, measured_rows(study["rows"]), [
         ("concurrency", _get("concurrency"), "{}"), ("requests", _get("num_requests"), "{}"),
-        ("percentile", lambda r: r.get("latency_percentile") or "p99 (not recorded)", "{}"),
+        ("percentile", _percentile, "{}"),
         ("out tok/s", _get("output_throughput"), "{:.1f}"), ("TTFT ms", _at_percentile("ttft"), "{:.1f}"),
-        ("TPOT ms", _at_percentile("tpot"), "{:.2f}"), ("samples", _get("latency_percentile_note"), "{}")])
+        ("TPOT ms", _at_percentile("tpot"), "{:.2f}"),
+        ("samples", lambda r: r.get("latency_percentile_note") or f"{r.get('num_requests')} requests", "{}")])
     doc.p("A q-percentile needs 1 / (1 - q) samples (a p99 100, a p90 10): each level is reported, and judged "
           "against the SLO's limits by the recommendation, at the highest percentile its requests support.")
 

@@ -93,6 +93,13 @@ def hardware_of(ms: Sequence["Measurement"]) -> list[str | None]:
     return [m.environment.get("hardware") for m in ms]
 
 
+def row_labels(n: int, wanted: float) -> dict[str, str]:
+    """What a study row records about its sample: the percentile it supports and why, e.g.
+    {"latency_percentile": "p90", "latency_percentile_note": "p90: 32 samples (p99 needs >= 100)"}."""
+    return {"latency_percentile": percentile_label(supported_percentile(n, wanted)),
+            "latency_percentile_note": percentile_note(n, wanted)}
+
+
 @dataclass(frozen=True)
 class Noise:
     """A relative difference treated as noise, and where it comes from (cited in a verdict)."""

@@ -22,7 +22,9 @@ from servingbench.load.workload import Workload
 from servingbench.load.conversation import run_conversations
 from servingbench.load.dataset_files import DatasetError
 from servingbench.load.datasets import Codec
-from servingbench.load.generator import run_load
+from servingbench.load.generator import LoadResult, run_load
+from servingbench.load.selftest import SelfTest, client_error_note, self_test
+from servingbench.load.workers import run_load_workers
 from servingbench.load.workload import ConfigError
 from servingbench.measure.files import atomic_write_json
 from servingbench.suite.capacity import CAPACITY_SCHEMA, Capacity
@@ -31,6 +33,10 @@ from servingbench.measure.measurement import Measurement, find_measurement_files
 from servingbench.servers.pool import ServerPool, ServerUnavailable
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
 from servingbench.servers.vllm import kv_cache_info
+
+# From this many streams on, a run carries the client's own error measured by a self-test (load/selftest.py): the
+# H200 host measured 25 ms of TTFT error at 256 streams in one process, a few ms at 32.
+SELF_TEST_CONCURRENCY = 256
 
 if TYPE_CHECKING:
     from servingbench.suite.thresholds import ExpectationTable
@@ -51,6 +57,7 @@ class BenchSession:
     errors: dict[str, str] = field(default_factory=dict)
     pool: ServerPool = field(init=False)
     _runs_per_config: dict[str, int] = field(default_factory=dict)
+    _self_tests: dict[tuple[int, int], SelfTest] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +122,22 @@ class BenchSession:
                                                            before_measured=counters.start if counters else None))
             else:
                 specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
+                warmup, before = workload.warmup_specs(vocab, seed), counters.start if counters else None
+                workers = workload.workers()
                 with sampler:
-                    result = asyncio.run(run_load(url, model, specs, shape, api_key=self.api_key,
-                                                  progress=self.progress,
-                                                  warmup_specs=workload.warmup_specs(vocab, seed),
-                                                  before_measured=counters.start if counters else None))
+                    if workers > 1:
+                        result = run_load_workers(url, model, specs, shape, workers=workers, api_key=self.api_key,
+                                                  warmup_specs=warmup, before_measured=before)
+                    else:
+                        result = asyncio.run(run_load(url, model, specs, shape, api_key=self.api_key,
+                                                      progress=self.progress, warmup_specs=warmup,
+                                                      before_measured=before))
         except (DatasetError, ConfigError) as e:
             self.errors[key] = str(e)
             raise ServerUnavailable(str(e)) from None
-        warnings = list(result.warnings) + token_count_notes(
+        invalid = list(result.invalid)
+        client_note = self.client_check(workload, result, invalid)
+        warnings = list(result.warnings) + client_note + token_count_notes(
             result.records, exact=codec is not None or (workload.kind in ("random", "shared-prefix")
                                                          and workload.endpoint == "completions"))
         if server is not None and not server.is_running():
@@ -136,7 +150,7 @@ class BenchSession:
             memory_total_gib=psutil.virtual_memory().total / telemetry.GIB,
             kv_cache=kv_cache_info(url, self.api_key) if config.engine == "vllm" else {}, warnings=warnings,
             environment=self.settings.provenance(),
-            loop_lag_ms_p99=result.loop_lag_ms_p99, invalid=list(result.invalid))
+            loop_lag_ms_p99=result.loop_lag_ms_p99, invalid=invalid)
         m.figures.update(turn_figures(result.records))
         if counters is not None and workload.kind in ("conversation", "shared-prefix"):
             m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
@@ -145,6 +159,23 @@ class BenchSession:
         m.save(self.results_dir)
         self.measurements[key] = m
         return m
+
+    def client_check(self, workload: Workload, result: LoadResult, invalid: list[str]) -> list[str]:
+        """At high concurrency, the client's own error from a self-test against a peer of known timing (once per
+        concurrency and worker count in a session): a note on the run, and a broken precondition when the
+        client adds more to the median TTFT than the workload allows."""
+        conc = result.shape.concurrency
+        if conc is None or conc < SELF_TEST_CONCURRENCY or workload.kind == "conversation":
+            return []
+        workers = workload.workers()
+        key = (conc, workers)
+        if key not in self._self_tests:
+            self._self_tests[key] = self_test(conc, workers=workers)
+        st = self._self_tests[key]
+        problem = st.check(workload.max_client_ttft_error_ms)
+        if problem:
+            invalid.append(problem)
+        return [client_error_note(result, st)]
 
     def record_capacity(self, config_name: str, workload: Workload, capacity: Capacity) -> None:
         """Save a capacity search's curve (goodput against offered rate) beside the measurements."""

@@ -201,3 +201,53 @@ def test_self_test_reports_finite_errors_and_a_non_negative_ttft_error(peer: Ser
     note = client_error_note(run, st)
     assert note.startswith("client: 2 worker processes") and "self-test" in note and "TTFT p50 +" in note
     assert "no client self-test" in client_error_note(run, None)
+
+
+SUITE_TABLE = """
+[workloads.wide]
+cpu = {{ num_requests = 512, concurrency = 256, prompt_len = 4, output_len = 16, warmup_requests = 2, client_workers = 2, max_client_ttft_error_ms = {bound} }}
+
+[configs.vllm]
+engine = "vllm"
+
+[[expect]]
+hardware = "any-cpu"
+model = "*"
+config = "vllm"
+workload = "wide"
+failure_rate = {{ max = 0 }}
+"""
+
+
+@pytest.mark.parametrize("error_bound", [1e6, 1e-6])
+def test_the_suite_drives_wide_runs_over_workers_and_checks_its_own_error(peer: ServerProcess, tmp_path: Path,
+                                                                         error_bound: float) -> None:
+    """A workload at 256 streams over 2 client processes, measured through the plugin (--server-url: the peer
+    stands in for a deployment): the run carries the self-test's note, and an impossible error bound makes the
+    run invalid, so its bound fails with the client's figure."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "perf").mkdir()
+    (tmp_path / "perf" / "expected_performance.toml").write_text(SUITE_TABLE.format(bound=error_bound))
+    (tmp_path / "perf" / "test_expected_performance.py").write_text(
+        (repo / "perf" / "test_expected_performance.py").read_text())
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA",
+                           "--server-url", peer.url, "--results-dir", str(tmp_path / "results")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=280)
+    out = proc.stdout + proc.stderr
+    (saved,) = (tmp_path / "results" / "measurements").glob("vllm--wide*.json")
+    m = json.loads(saved.read_text())
+    assert m["completed"] == 512 and m["failed"] == 0, m["errors"]
+    (note,) = [w for w in m["warnings"] if w.startswith("client: 2 worker processes")]
+    assert "self-test against a peer of known timing at concurrency 256 over 2 worker(s)" in note, note
+    if error_bound > 1:
+        assert proc.returncode == 0, out[-3000:]
+        assert not m["invalid"], m["invalid"]
+    else:
+        assert proc.returncode == 1, out[-3000:]
+        (problem,) = m["invalid"]
+        assert problem.startswith("client self-test: at concurrency 256 over 2 worker(s)"), problem
+        assert "the run is invalid: client self-test" in out, out[-3000:]

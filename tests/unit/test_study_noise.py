@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from servingbench.measure.measurement import Measurement
@@ -96,7 +97,7 @@ SWEEP = [level(1, 100, 128), level(4, 350, 128), level(8, 385, 128)]  # c8: +10%
 def test_noise_comes_from_the_machines_rounds_file(tmp_path: Path) -> None:
     throughputs = [300.0, 360.0, 330.0, 280.0, 350.0, 310.0]
     path = write_rounds(tmp_path, throughputs)
-    spread = float(__import__("numpy").std(__import__("numpy").log(throughputs), ddof=1))
+    spread = float(np.std(np.log(throughputs), ddof=1))
     nz = sampling.machine_noise([KEY], "vllm", baselines=tmp_path)
     assert nz.measured and nz.threshold == pytest.approx(math.expm1(math.sqrt(2) * spread)) and str(path) in nz.source
     rec = recommend_concurrency("vllm", SWEEP, SLOLimits(), baselines=tmp_path)
@@ -127,3 +128,21 @@ def test_block_size_advice_takes_the_study_hardwares_noise(tmp_path: Path) -> No
     write_rounds(tmp_path, [300.0, 360.0, 330.0, 280.0, 350.0, 310.0])
     keep = block_size_advice(study, baselines=tmp_path)
     assert keep.choice == 128 and "within noise" in keep.verdict, keep.verdict
+
+
+def test_study_rows_and_the_report_name_the_percentile_a_level_supports() -> None:
+    from servingbench.report.doc import Doc
+    from servingbench.report.studies import concurrency
+
+    assert sampling.row_labels(32, 0.99) == {"latency_percentile": "p90",
+                                             "latency_percentile_note": "p90: 32 samples (p99 needs >= 100)"}
+    assert sampling.row_labels(128, 0.99)["latency_percentile"] == "p99"
+    rows = [{"key": "c1", "concurrency": 1, "num_requests": 32, "status": "measured", "output_throughput": 60.0,
+             "p90_ttft_ms": 120.0, "p99_ttft_ms": 2600.0, "p90_tpot_ms": 15.0, **sampling.row_labels(32, 0.99)},
+            {"key": "c2", "concurrency": 2, "num_requests": 8, "status": "measured", "output_throughput": 90.0,
+             "median_ttft_ms": 50.0, "p99_ttft_ms": 900.0, "median_tpot_ms": 12.0}]  # an older row: no label
+    doc = Doc()
+    concurrency(doc, {"hardware": {"cpu": "x"}, "model": {"name": "m"}, "rows": rows}, Path("."))
+    md = doc.markdown(Path("."))
+    assert "| 1 | 32 | p90 | 60.0 | 120.0 | 15.00 | p90: 32 samples (p99 needs >= 100) |" in md
+    assert "| 2 | 8 | p50 | 90.0 | 50.0 | 12.00 | 8 requests |" in md
