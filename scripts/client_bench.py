@@ -31,7 +31,7 @@ except ImportError:  # run from a checkout without installing: the repository ro
 
 from servingbench.load.datasets import random_token_prompts
 from servingbench.load.generator import LoadShape
-from servingbench.load.selftest import default_peer_processes, peer_server, self_test
+from servingbench.suite.selftest import default_peer_processes, peer_server, self_test
 from servingbench.load.workers import available_cores, run_load_workers
 
 

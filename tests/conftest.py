@@ -3,6 +3,8 @@ project on disk for tests that run pytest the way a user does (in a subprocess, 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,3 +44,25 @@ def write_user_project(root: Path, test_source: str) -> Path:
     (root / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     (root / "test_inner.py").write_text(test_source)
     return root
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def table_project() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``table_project(root, table, *pytest_args, timeout=)``: see ``run_table``."""
+    return run_table
+
+
+def run_table(root: Path, table: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """A user's project that is only an expectations table and the suite's generated tests, run as a user runs it
+    (its own pytest, the plugin from its entry point), with its results under ``root / "results"``."""
+    (root / "perf").mkdir(parents=True, exist_ok=True)
+    (root / "perf" / "expected_performance.toml").write_text(table)
+    (root / "perf" / "test_expected_performance.py").write_text(
+        (REPO / "perf" / "test_expected_performance.py").read_text())
+    (root / "pytest.ini").write_text("[pytest]\n")
+    return subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA",
+                           "--results-dir", str(root / "results"), *args], cwd=root, capture_output=True,
+                          text=True, timeout=timeout)

@@ -6,7 +6,7 @@ server; ``python -m servingbench.servers.sse_peer --port N`` runs it by hand.
 
 A paced stream keeps to an absolute schedule: chunk k leaves at arrival + ttft + k * interval (a late write is
 followed at once by the next), so its timing is known to within the peer's own lateness, which is what the
-client self-test (``servingbench.load.selftest``) measures the client against. ``--processes K`` serves one
+client self-test (``servingbench.suite.selftest``) measures the client against. ``--processes K`` serves one
 port from K processes (SO_REUSEPORT: the kernel spreads connections over them), so that the peer is not the
 bottleneck of a many-stream test; the parent only supervises, and /health answers 200 once all K listen.
 Every response carries ``X-Peer-Pid`` and ``/whoami`` answers the serving process's pid.

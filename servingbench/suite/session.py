@@ -23,7 +23,7 @@ from servingbench.load.conversation import run_conversations
 from servingbench.load.dataset_files import DatasetError
 from servingbench.load.datasets import Codec
 from servingbench.load.generator import LoadResult, run_load
-from servingbench.load.selftest import SelfTest, client_error_note, self_test
+from servingbench.suite.selftest import SelfTest, client_error_note, self_test
 from servingbench.load.workers import run_load_workers
 from servingbench.load.workload import ConfigError
 from servingbench.measure.files import atomic_write_json
@@ -34,7 +34,7 @@ from servingbench.servers.pool import ServerPool, ServerUnavailable
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
 from servingbench.servers.vllm import kv_cache_info
 
-# From this many streams on, a run carries the client's own error measured by a self-test (load/selftest.py): the
+# From this many streams on, a run carries the client's own error measured by a self-test (suite/selftest.py): the
 # H200 host measured 25 ms of TTFT error at 256 streams in one process, a few ms at 32.
 SELF_TEST_CONCURRENCY = 256
 

@@ -8,14 +8,11 @@ so its capacity may sit below the closed loop's, never far above it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+
 SLO_TTFT_MS, SLO_TPOT_MS = 1500.0, 60.0
 LEVELS = (1, 2, 4, 8, 16)
 SHAPE = "prompt_len = 64, output_len = 24, warmup_requests = 1"
@@ -47,16 +44,9 @@ failure_rate = {{ max = 0 }}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory, table_project: Any) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("capacity")
-    (root / "perf").mkdir()
-    (root / "perf" / "expected_performance.toml").write_text(TABLE)
-    (root / "perf" / "test_expected_performance.py").write_text(
-        (REPO / "perf" / "test_expected_performance.py").read_text())
-    (root / "pytest.ini").write_text("[pytest]\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA",
-                           "--results-dir", str(root / "results")], cwd=root, capture_output=True, text=True,
-                          timeout=1500)
+    proc = table_project(root, TABLE, timeout=1500)
     ms = [json.loads(p.read_text()) for p in (root / "results" / "measurements").glob("*.json")]
     (cap,) = [json.loads(p.read_text()) for p in (root / "results" / "capacity").glob("*.json")]
     return {"proc": proc, "m": ms, "cap": cap}

@@ -21,7 +21,7 @@ import pytest
 
 from servingbench.load.datasets import RequestSpec, random_token_prompts
 from servingbench.load.generator import LoadShape, arrival_offsets
-from servingbench.load.selftest import client_error_note, self_test
+from servingbench.suite.selftest import client_error_note, self_test
 from servingbench.load.workers import (STREAMS_PER_WORKER, WorkerError, default_workers, plan_shares, run_load_workers,
                                        split)
 from servingbench.measure.metrics import max_in_flight
@@ -221,22 +221,11 @@ failure_rate = {{ max = 0 }}
 
 @pytest.mark.parametrize("error_bound", [1e6, 1e-6])
 def test_the_suite_drives_wide_runs_over_workers_and_checks_its_own_error(peer: ServerProcess, tmp_path: Path,
-                                                                         error_bound: float) -> None:
+                                                                         error_bound: float, table_project: Any) -> None:
     """A workload at 256 streams over 2 client processes, measured through the plugin (--server-url: the peer
     stands in for a deployment): the run carries the self-test's note, and an impossible error bound makes the
     run invalid, so its bound fails with the client's figure."""
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
-    (tmp_path / "perf").mkdir()
-    (tmp_path / "perf" / "expected_performance.toml").write_text(SUITE_TABLE.format(bound=error_bound))
-    (tmp_path / "perf" / "test_expected_performance.py").write_text(
-        (repo / "perf" / "test_expected_performance.py").read_text())
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA",
-                           "--server-url", peer.url, "--results-dir", str(tmp_path / "results")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=280)
+    proc = table_project(tmp_path, SUITE_TABLE.format(bound=error_bound), "--server-url", peer.url, timeout=280)
     out = proc.stdout + proc.stderr
     (saved,) = (tmp_path / "results" / "measurements").glob("vllm--wide*.json")
     m = json.loads(saved.read_text())

@@ -4,16 +4,15 @@ ceil(N / C) request timeouts."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from servingbench.load.dataset_files import write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
 
 TABLE = """
 [workloads.missing-field]
@@ -55,7 +54,7 @@ CASES = {  # workload -> what its failure must say
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+def run(tmp_path_factory: pytest.TempPathFactory, table_project: Any) -> subprocess.CompletedProcess[str]:
     root = tmp_path_factory.mktemp("errors")
     data = root / "perf" / "data"
     write_jsonl(data / "missing.jsonl", [{"prompt": "ba be", "output_len": 4}, {"output_len": 4}])
@@ -64,13 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess
     write_jsonl(data / "long.jsonl", [{"prompt": " ".join(["ba"] * 1100), "output_len": 8}])
     entries = "".join(ENTRY.format(config="hf", workload=w) for w in CASES)
     entries += ENTRY.format(config="hf-slow", workload="wedged")
-    (root / "perf" / "expected_performance.toml").write_text(TABLE + entries)
-    (root / "perf" / "test_expected_performance.py").write_text(
-        (REPO / "perf" / "test_expected_performance.py").read_text())
-    (root / "pytest.ini").write_text("[pytest]\n")
-    return subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-rA", "-q",
-                           "--results-dir", str(root / "results")], cwd=root, capture_output=True, text=True,
-                          timeout=900)
+    return table_project(root, TABLE + entries)
 
 
 def _failure_of(out: str, workload: str) -> str:

@@ -206,3 +206,16 @@ def test_capacity_search_bisects_between_met_and_missed() -> None:
     assert find_capacity(w, lambda x: _measurement_at(x.request_rate, 100.0)).bounded_by == "top"
     bottom = find_capacity(w, lambda x: _measurement_at(x.request_rate, 0.5))
     assert (bottom.capacity_rps, bottom.bounded_by) == (0.0, "bottom")
+
+
+# -- #18 item 9: a memory bound that does not read back the suite's own setting -------------------------------
+def test_kv_capacity_is_a_figure_and_its_absence_is_named() -> None:
+    r = RequestRecord("r", 4, 4, start=1.0, chunk_times=[1.1, 1.2], output_tokens=2)
+    m = Measurement("k", "vllm", "vllm", {}, {}, compute_metrics([r], 1.0), TelemetrySummary(), [r], 0.0,
+                    kv_cache={"block_size": "16", "num_gpu_blocks": "7387", "capacity_tokens": 118192})
+    assert m.value("kv_capacity_tokens") == 118192
+    m.kv_cache = {}
+    from servingbench.measure.measurement import MissingFigure
+
+    with pytest.raises(MissingFigure, match="kv_capacity_tokens: the server's /metrics gave no"):
+        m.value("kv_capacity_tokens")
