@@ -112,7 +112,10 @@ class BenchSession:
         counters = PrefixWatch(url, self.api_key) if config.engine == "vllm" else None
         sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
         shape = workload.shape(seed, self.request_timeout_s)
-        vocab, codec = self.settings.vocab_size, self.codec()
+        vocab = self.settings.vocab_size
+        # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
+        # transformers costs seconds of start-up every session would pay for nothing
+        codec = self.codec() if workload.kind in ("dataset", "conversation") or workload.endpoint == "chat" else None
         try:
             if workload.kind == "conversation":
                 convs = workload.conversations(vocab, seed, codec)
