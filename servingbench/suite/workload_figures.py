@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -81,15 +81,13 @@ class PrefixWatch:
 
     url: str
     api_key: str | None = None
-    before: PrefixCounters | None = None
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
+    before: PrefixCounters | None = None  # None: /metrics could not say at the start, so there is no delta
 
     def start(self) -> None:
         try:
             self.before = read_prefix_counters(self.url, self.api_key)
-        except (OSError, ValueError) as e:
-            self.error = f"{type(e).__name__}: {e}"
+        except (OSError, ValueError):
+            self.before = None
 
     def figures(self, records: Sequence[RequestRecord], block_size: Any) -> dict[str, float]:
         """The measured hit rate and, for multi-turn runs, the range the histories imply; {} where /metrics
