@@ -244,10 +244,9 @@ def test_gpu_memory_held_before_a_start_fails_once_then_at_once(tiny: TinyConfig
     assert "GPU memory not released after 120 s" in message and holder in message, message
     if nvml == "holder":
         assert "pytest" in message, message  # the holder's command line
-    t0 = time.monotonic()
     with pytest.raises(ServerUnavailable) as later:
         pool.get(TinyConfig(model="another-model", script=tiny.script))
-    assert str(later.value) == message and waits.calls == 1 and time.monotonic() - t0 < 0.5
+    assert str(later.value) == message and waits.calls == 1  # no second wait: it fails at once
 
 
 def test_gpu_memory_held_after_a_stop_blocks_the_next_configs(tiny: TinyConfig, tmp_path: Path,
