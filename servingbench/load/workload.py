@@ -213,6 +213,12 @@ class Workload:
         return self.replace(request_rate=float(rate), rates=(), concurrency=None)
 
     @property
+    def sends_text(self) -> bool:
+        """Whether prompts go out as text (dataset lines, conversations, chat messages): only then does the
+        client need the model's tokenizer, and only with it are its token counts exact."""
+        return self.kind in ("dataset", "conversation") or self.endpoint == "chat"
+
+    @property
     def label(self) -> str:
         rate = "" if math.isinf(self.request_rate) else f"-rate{self.request_rate:g}"
         conc = f"c{self.concurrency}" if self.concurrency else "cinf"

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from servingbench.measure.measurement import Measurement
 from servingbench.suite import efficiency as eff
 from servingbench.report import figures
-from servingbench.report.recommend import (Recommendation, block_size_advice, figure, goodput, kv_demand_tokens,
-                                           kv_quant_advice, prefix_cache_advice, recommend_concurrency,
-                                           recommend_config, times, tput)
+from servingbench.report.goodput import figure, goodput
+from servingbench.report.recommend import (Recommendation, block_size_advice, kv_demand_tokens, kv_quant_advice,
+                                           prefix_cache_advice, recommend_concurrency, recommend_config, times,
+                                           tput)
 from servingbench.report.doc import Doc, fmt
 from servingbench.report.data import (ReportOptions, RunData, batch_efficiency, conc, headlines, kv_limits, requests,
                                       static_baselines, sweep_groups, workload_name)

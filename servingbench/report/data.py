@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from servingbench.measure.measurement import Measurement, load_measurement, measurement_from_dict
 from servingbench.measure.metrics import batch_efficiency as batching
-from servingbench.report.recommend import SLOLimits, sweep_levels
+from servingbench.report.goodput import SLOLimits
+from servingbench.report.recommend import sweep_levels
 from servingbench.suite.capacity import CAPACITY_SCHEMA
 from servingbench.suite.defaults import default_studies_path
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from servingbench.report.data import ReportOptions, load_run
 from servingbench.suite.defaults import default_table_path
-from servingbench.report.recommend import SLOLimits
+from servingbench.report.goodput import SLOLimits
 
 
 # ---- options, assembly, writing --------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ class BenchSession:
         vocab = self.settings.vocab_size
         # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
         # transformers costs seconds of start-up every session would pay for nothing
-        codec = self.codec() if workload.kind in ("dataset", "conversation") or workload.endpoint == "chat" else None
+        codec = self.codec() if workload.sends_text else None
         try:
             if workload.kind == "conversation":
                 convs = workload.conversations(vocab, seed, codec)
@@ -141,8 +141,7 @@ class BenchSession:
         invalid = list(result.invalid)
         client_note = self.client_check(workload, result, invalid)
         warnings = list(result.warnings) + client_note + token_count_notes(
-            result.records, exact=codec is not None or (workload.kind in ("random", "shared-prefix")
-                                                         and workload.endpoint == "completions"))
+            result.records, exact=codec is not None or not workload.sends_text)
         if server is not None and not server.is_running():
             warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
         m = Measurement(

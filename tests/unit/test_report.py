@@ -26,7 +26,8 @@ from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.suite import efficiency as eff
 from servingbench.suite.models import get_model
-from servingbench.report.recommend import SLOLimits, block_size_advice, kv_quant_advice, recommend_concurrency
+from servingbench.report.goodput import SLOLimits
+from servingbench.report.recommend import block_size_advice, kv_quant_advice, recommend_concurrency
 from servingbench.report.write import write_report
 from servingbench.studies.common import block_size_findings, kv_dtype_findings, offline_findings, prefix_findings
 from servingbench.studies.tensor_parallel import tp_findings

@@ -16,7 +16,8 @@ import pytest
 from servingbench.measure.measurement import Measurement
 from servingbench.measure.metrics import BenchmarkMetrics, Distribution
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.report.recommend import SLOLimits, block_size_advice, recommend_concurrency
+from servingbench.report.goodput import SLOLimits
+from servingbench.report.recommend import block_size_advice, recommend_concurrency
 from servingbench.studies import sampling
 from servingbench.studies.common import load_study_params
 from servingbench.suite.rounds import Round, RoundsFile

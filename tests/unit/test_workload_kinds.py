@@ -78,6 +78,15 @@ def test_token_count_notes_name_the_disagreement() -> None:
     assert token_count_notes([ok, off], exact=False) == []  # an estimate is not a disagreement
 
 
+@pytest.mark.parametrize("fields, text", [
+    ({}, False), ({"kind": "shared-prefix", "prefix_len": 64}, False), ({"endpoint": "chat"}, True),
+    ({"kind": "dataset", "dataset": "d.jsonl"}, True), ({"kind": "conversation"}, True),
+])
+def test_only_text_workloads_need_the_tokenizer(fields: dict, text: bool) -> None:
+    """Token-id prompts are counted exactly by the client without one; text prompts need the model's own."""
+    assert Workload("w", 4, 1, **fields).sends_text is text
+
+
 # -- the payload: natural stops and sampling ---------------------------------------------------------------
 def test_payload_carries_sampling_and_natural_stops() -> None:
     client = OpenAIClient("http://127.0.0.1:1", "m", LoadShape(ignore_eos=False, temperature=0.7, top_p=0.9,
