@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
