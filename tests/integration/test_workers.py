@@ -21,7 +21,7 @@ import pytest
 
 from servingbench.load.datasets import RequestSpec, random_token_prompts
 from servingbench.load.generator import LoadShape, arrival_offsets
-from servingbench.suite.selftest import client_error_note, self_test
+from servingbench.suite.selftest import client_error_note, default_peer_processes, self_test
 from servingbench.load.workers import (STREAMS_PER_WORKER, WorkerError, default_workers, plan_shares, run_load_workers,
                                        split)
 from servingbench.measure.metrics import max_in_flight
@@ -49,6 +49,9 @@ def test_shares_split_the_cap_and_deal_requests_over_the_slots() -> None:
     assert default_workers(1024, cores=16) == 1024 // STREAMS_PER_WORKER
     assert default_workers(100_000, cores=16) == 15 and default_workers(1024, cores=2) == 1
     assert default_workers(1024, cores=1) == 1
+    # the peer gets the client's budget per process, so the suite's self-test runs the peer the benchmarks measured
+    assert default_peer_processes(512, cores=16) == 4 and default_peer_processes(1024, cores=16) == 8
+    assert default_peer_processes(100_000, cores=16) == 8 and default_peer_processes(512, cores=2) == 1
     specs = random_token_prompts(90, 4, 4, 100)
     shares = plan_shares("http://x", "m", specs, LoadShape(concurrency=9), 4)
     assert [s.shape.concurrency for s in shares] == [3, 2, 2, 2]
