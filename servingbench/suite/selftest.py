@@ -26,9 +26,7 @@ from servingbench.load.workers import STREAMS_PER_WORKER, WorkersResult, availab
 from servingbench.servers.process import ServerProcess
 from servingbench.servers.sse_peer import PeerConfig
 
-# A paced stream costs the peer about what it costs the client: the same budget. (It was 256, twice the client's,
-# which gave the suite's c512 self-test on the H200 a peer of 2 processes where the benchmarks had 4.)
-PEER_STREAMS_PER_PROCESS = STREAMS_PER_WORKER
+PEER_STREAMS_PER_PROCESS = STREAMS_PER_WORKER  # a paced stream costs the peer about what it costs the client
 PROMPT_LEN = 8  # the peer ignores the prompt; short keeps the requests cheap to build and send
 
 

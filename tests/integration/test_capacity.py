@@ -6,8 +6,9 @@ A concurrency sweep in doubling steps does not give one capacity but a bracket: 
 between the throughput of the highest level that meets the SLO and that of the first level that misses it (10.0 vs
 6.1 req/s in one CI run, 1.6x apart). The rate sweep's capacity is checked against that bracket, with room for the
 noise of p99s over tens of requests: comparing it with the bracket's lower edge alone failed a CI run whose rate
-sweep found 11.3 req/s, inside what c8 and c16 allowed. The rate sweep tends to sit at the bracket's top or above it (1.1-1.3x in three
-runs): a closed loop of three waves spends part of its run filling and draining, which lowers its throughput.
+sweep found 11.3 req/s, inside what c8 and c16 allowed. Where the bracket had a top, the rate sweep sat just above
+it (1.13x and 1.27x in two runs): a closed loop of three waves spends part of its run filling and draining, which
+lowers its throughput.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ def test_rate_sweep_capacity_agrees_with_the_concurrency_sweep(run: dict[str, An
     missed = [x for c, x, ok in closed if not ok and x >= low]
     high = min(missed) if missed else None  # ... and not this, where a level missed it
     cap = run["cap"]
+    points = [(p["rate"], p["meets"], round(p["p99_ttft_ms"]), round(p["p99_tpot_ms"])) for p in cap["points"]]
     summary = f"rate-sweep capacity {cap['capacity_rps']:.2f} req/s vs concurrency-sweep bracket " \
-              f"[{low:.2f}, {high if high is None else round(high, 2)}]; closed {closed}; " \
-              f"points {[(p['rate'], p['meets'], round(p['p99_ttft_ms']), round(p['p99_tpot_ms'])) for p in cap['points']]}"
+              f"[{low:.2f}, {high if high is None else round(high, 2)}]; closed {closed}; points {points}"
     print(summary)
     assert cap["bounded_by"] == "search", summary  # the SLO binds inside the swept rates
     assert cap["capacity_rps"] >= 0.4 * low, summary

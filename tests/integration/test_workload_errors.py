@@ -4,10 +4,9 @@ ceil(N / C) request timeouts."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
 import subprocess
+from typing import Any
 
 import pytest
 

@@ -15,7 +15,7 @@ from servingbench.load.generator import LoadResult, LoadShape, OpenAIClient, pre
 from servingbench.load.datasets import RequestSpec
 from servingbench.load.sse import read_stream
 from servingbench.load.workload import ConfigError, Workload, workload_from
-from servingbench.measure.measurement import InvalidRun, Measurement
+from servingbench.measure.measurement import InvalidRun, Measurement, MissingFigure
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
@@ -224,7 +224,5 @@ def test_kv_capacity_is_a_figure_and_its_absence_is_named() -> None:
                     kv_cache={"block_size": "16", "num_gpu_blocks": "7387", "capacity_tokens": 118192})
     assert m.value("kv_capacity_tokens") == 118192
     m.kv_cache = {}
-    from servingbench.measure.measurement import MissingFigure
-
     with pytest.raises(MissingFigure, match="kv_capacity_tokens: the server's /metrics gave no"):
         m.value("kv_capacity_tokens")
