@@ -32,6 +32,14 @@ LOOP_LAG_INTERVAL_S = 0.02
 # 1-8 ms (p99 up to 40 ms, one spike run 103 ms) against vLLM and a paced peer on the shared 2-core box. So the
 # bound is on p90, between the two (perf/test_fidelity.py, tests/test_fidelity_units.py).
 LOOP_LAG_WARN_MS = 20.0
+# Percentile of the open loop's lateness against its arrival schedule that ``max_schedule_lag_ms`` bounds. Not p99:
+# on the 2-core VMs here, whenever both cores are busy (vLLM's CPU engine alone keeps 1.8 of them busy: its worker
+# computes, its engine core polls) the whole VM stalls now and then for up to about 100 ms, under any client: a
+# bare asyncio sleeper woke 81-98 ms late at p99 (max 100-144 ms) beside two busy processes, even under SCHED_FIFO,
+# and at most 4 ms late beside one. A stall makes the one or two requests due in it late, so p99 of a 40-request
+# run is one stall (a CI run was invalid at 8 req/s with p99 161 ms), while the median stayed under 1 ms at 2-16
+# req/s. A client that cannot keep up is late on most requests, which p90 catches; one stall is not.
+SCHEDULE_LAG_PERCENTILE = 90
 # Share of the run the loop's thread was on the CPU, only to name the cause in the warning: above it the client's
 # own work (saturated clients measured 41-98%, lower on a crowded box), below it other processes or a
 # blocking call held the loop up (a loop blocked by a sleeping call measured a few percent).
@@ -52,7 +60,7 @@ class LoadShape:
     sampling_seed: int | None = None  # sent as the request's ``seed`` (reproducible sampling at temperature > 0)
     seed: int = 0  # the arrival schedule's
     deadline_s: float | None = None  # the whole measured run; past it, requests in flight are cancelled and it fails
-    max_schedule_lag_ms: float = 100.0  # open loop: p99 lateness against the arrival schedule that still counts
+    max_schedule_lag_ms: float = 100.0  # open loop: p90 lateness against the arrival schedule that still counts
     max_queue_ms: float = 100.0  # open loop with a cap: p99 client queue time that still counts as open loop
 
     def __post_init__(self) -> None:
@@ -243,10 +251,12 @@ def preconditions(result: LoadResult) -> list[str]:
     if shape.open_loop:
         sent = [r for r in result.records if r.start > 0]
         lag = [r.schedule_lag * 1000.0 for r in sent]
-        if lag and float(np.percentile(lag, 99)) > shape.max_schedule_lag_ms:
-            out.append(f"behind schedule: the open-loop client sent requests late, p99 "
-                       f"{float(np.percentile(lag, 99)):.0f} ms > {shape.max_schedule_lag_ms:g} ms after their "
-                       f"arrival times, so the offered rate was not {shape.request_rate:g}/s; lower the rate")
+        late = float(np.percentile(lag, SCHEDULE_LAG_PERCENTILE)) if lag else 0.0
+        if late > shape.max_schedule_lag_ms:
+            out.append(f"behind schedule: the open-loop client sent requests late, p{SCHEDULE_LAG_PERCENTILE} "
+                       f"{late:.0f} ms > {shape.max_schedule_lag_ms:g} ms after their arrival times (p99 "
+                       f"{float(np.percentile(lag, 99)):.0f} ms), so the offered rate was not "
+                       f"{shape.request_rate:g}/s; lower the rate or use more client processes")
         queued = [r.queue_time * 1000.0 for r in sent]
         if shape.concurrency and queued and float(np.percentile(queued, 99)) > shape.max_queue_ms:
             out.append(f"client queue: requests waited for one of the {shape.concurrency} slots, p99 "

@@ -17,7 +17,7 @@ from servingbench.measure.measurement import Measurement, load_measurement, meas
 from servingbench.measure.metrics import batch_efficiency as batching
 from servingbench.report.goodput import SLOLimits
 from servingbench.report.recommend import sweep_levels
-from servingbench.suite.capacity import CAPACITY_SCHEMA
+from servingbench.suite.capacity import BOUNDED_BY, CAPACITY_SCHEMA
 from servingbench.suite.defaults import default_studies_path
 
 Row = dict[str, Any]  # a study file, or one of its rows (JSON by design)
@@ -70,7 +70,7 @@ def _read_measurement(path: Path, notes: list[str]) -> Measurement | None:
         return None
 
 
-CAPACITY_POINT = ("rate", "request_throughput", "goodput", "p99_ttft_ms", "p99_tpot_ms", "failed", "meets")
+CAPACITY_POINT = ("rate", "request_throughput", "goodput", "p99_ttft_ms", "p99_tpot_ms", "failed", "meets", "invalid")
 
 
 def read_capacity(path: Path) -> Row:
@@ -86,16 +86,18 @@ def read_capacity(path: Path) -> Row:
     problems = [f"{k} missing or not {t.__name__}" for k, t in (("config_name", str), ("workload", dict),
                                                                   ("slo", dict), ("points", list))
                 if not isinstance(c.get(k), t)]
-    if not isinstance(c.get("capacity_rps"), (int, float)):
+    if c.get("bounded_by") not in BOUNDED_BY:
+        problems.append(f"bounded_by {c.get('bounded_by')!r} is not {', '.join(BOUNDED_BY[:-1])} or {BOUNDED_BY[-1]}")
+    elif not isinstance(c.get("capacity_rps"), (int, float)) and not (
+            c["bounded_by"] == "invalid" and c.get("capacity_rps") is None):
         problems.append("capacity_rps missing or not a number")
-    if c.get("bounded_by") not in ("search", "top", "bottom"):
-        problems.append(f"bounded_by {c.get('bounded_by')!r} is not search, top or bottom")
     if isinstance(c.get("points"), list) and not all(
             isinstance(p, dict) and isinstance(p.get("rate"), (int, float)) for p in c["points"]):
         problems.append("a point without a numeric rate")
     if problems:
         raise ValueError("; ".join(problems))
-    c["points"] = sorted(({k: p.get(k) for k in CAPACITY_POINT} for p in c["points"]), key=lambda p: p["rate"])
+    c["points"] = sorted(({**{k: p.get(k) for k in CAPACITY_POINT}, "invalid": list(p.get("invalid") or ())}
+                          for p in c["points"]), key=lambda p: p["rate"])
     return c
 
 

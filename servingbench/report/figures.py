@@ -229,7 +229,7 @@ def capacity_curve(caps: Sequence[Mapping[str, Any]], path: Path, title: str = "
     rates = [_num(p["rate"]) for c in caps for p in c["points"]]
     lat: list[float] = []
     for key, c in zip(keys, caps):
-        pts = list(c["points"])
+        pts = [p for p in c["points"] if p["meets"] is not None]  # an invalid run measured the client
         xs, col = [_num(p["rate"]) for p in pts], cmap[key]
         for ax, series in ((left, (("request_throughput", "-"), ("goodput", "--"))),
                            (right, (("p99_ttft_ms", "-"), ("p99_tpot_ms", "--")))):

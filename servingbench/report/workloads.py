@@ -39,13 +39,17 @@ def capacity_sentence(cap: Row) -> str:
     """The search's capacity, the SLO, and how the search bounded it."""
     pts, rps, slo = cap["points"], cap["capacity_rps"], slo_text(cap.get("slo") or {})
     bound = cap["bounded_by"]
+    if bound == "invalid":
+        bad = next((p for p in pts if p.get("invalid")), None)
+        where = f" at {bad['rate']:g} req/s: " + "; ".join(bad["invalid"]) if bad else ""
+        return f"no capacity under {slo}: the search stopped on an invalid run{where}"
     if bound == "top":
         return f"capacity {rps:g} req/s under {slo} (at least: every swept rate met it)"
     if bound == "bottom":
         lowest = min((p["rate"] for p in pts), default=None)
         return (f"capacity {rps:g} req/s under {slo} (below the lowest rate"
                 + (f", {lowest:g} req/s, which missed it)" if lowest is not None else ")"))
-    missed = min((p["rate"] for p in pts if not p["meets"] and p["rate"] > rps), default=None)
+    missed = min((p["rate"] for p in pts if p["meets"] is False and p["rate"] > rps), default=None)
     return (f"capacity {rps:g} req/s under {slo} (between the last rate that met it, {rps:g} req/s, and the first "
             "that did not" + (f", {missed:g} req/s)" if missed is not None else ")"))
 
@@ -80,7 +84,8 @@ def capacity_section(doc: Doc, data: RunData, figs: Path) -> None:
             m = runs.get(float(p["rate"]))
             rows.append([fmt(p["rate"], "{:g}"), fmt(p["request_throughput"], "{:.3f}"), fmt(p["goodput"], "{:.3f}"),
                          fmt(p["p99_ttft_ms"]), fmt(p["p99_tpot_ms"], "{:.2f}"), fmt(p["failed"], "{:d}"),
-                         ("yes" if p["meets"] else "no") + (" (invalid run)" if m is not None and m.invalid else "")])
+                         "invalid run" if p["meets"] is None else ("yes" if p["meets"] else "no")
+                         + (" (invalid run)" if m is not None and m.invalid else "")])
         doc.table(["offered req/s", "throughput req/s", "goodput req/s", "TTFT p99 ms", "TPOT p99 ms", "failed",
                    "meets SLO"], rows)
         bad = [f"{rate:g} req/s ({m.key}): " + "; ".join(m.invalid) for rate, m in sorted(runs.items()) if m.invalid]

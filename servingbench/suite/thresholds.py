@@ -249,9 +249,9 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
             from servingbench.suite.capacity import find_capacity
 
             cap = find_capacity(workload, lambda w: measure(config, w))
-            if on_capacity is not None:
+            if on_capacity is not None:  # saved first: an invalid run's curve is kept, then the figure is missing
                 on_capacity(config, workload, cap)
-            return cap.capacity_rps
+            return cap.figure()
         if metric == "single_stream_mbu":
             return mbu(valid(config, single_stream(workload)))
         if metric == "mbu":
