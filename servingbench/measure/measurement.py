@@ -8,6 +8,7 @@ or a later comparison can recompute anything from raw observations.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +37,28 @@ _WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_conc
                     "kv_capacity_tokens"}
 # Telemetry figures: missing, not 0.0, where nothing sampled what they read (a max bound would pass a zero)
 TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", "gpu_utilization", "rss_peak_gib")
+
+# Figures a workload kind adds (suite/workload_figures.py): a run without them has them missing, not unknown
+_TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
+_PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits",
+                   "expected_prefix_hit_rate_low", "expected_prefix_hit_rate_high"}
+
+
+def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str | None:
+    """Why a run lacks the workload figure ``name`` (None: ``name`` is no workload figure)."""
+    turns = sorted({r.turn for r in records if r.turn is not None and r.success})
+    served = f"turns with a successful request: {', '.join(map(str, turns))}" if turns else "not a multi-turn run"
+    turn = _TURN_FIGURE.fullmatch(name)
+    if turn:
+        return f"{name}: no successful request at turn {turn.group(2)} ({served})"
+    if name == "ttft_last_over_first_turn":
+        return f"{name}: needs successful requests at two turns or more ({served})"
+    if name in _PREFIX_FIGURES:
+        return (f"{name}: the server's /metrics gave no prefix-cache counters over the measured part (not a vLLM "
+                "server, /metrics unreachable, or a workload kind that does not read them: only conversation and "
+                "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
+                + ")")
+    return None
 
 
 @dataclass
@@ -78,6 +101,9 @@ class Measurement:
             # gpu_memory_utilization the suite itself passes (memory_utilization reads that back)
             "kv_capacity_tokens": self.kv_cache.get("capacity_tokens"),
         })
+        absent = absent_workload_figure(name, self.records)
+        if absent:
+            raise MissingFigure(absent)
         if name not in derived and not (name in flat and (flat[name] is None or isinstance(flat[name], (int, float)))):
             raise KeyError(f"unknown metric {name!r}; known: "
                            f"{sorted(k for k, v in flat.items() if v is None or isinstance(v, (int, float)))}"

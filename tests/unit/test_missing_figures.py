@@ -92,3 +92,27 @@ def test_the_summary_and_study_rows_show_unsampled_figures_as_missing() -> None:
     assert "nan" in text_table([m]).splitlines()[-1]
     row = serving_row(m)
     assert row["rss_peak_gib"] is None and row["gpu_memory_used_gib"] is None
+
+# ---- item 4: workload figures a run does not have -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["prefix_cache_hit_rate", "median_ttft_ms_turn3", "p99_ttft_ms_turn2",
+                                  "ttft_last_over_first_turn", "expected_prefix_hit_rate_low"])
+def test_an_absent_workload_figure_is_missing_not_unknown(name: str) -> None:
+    m = measurement(served())
+    with pytest.raises(MissingFigure, match=name):
+        m.value(name)
+    bound = Bound("cpu-2c-amx", "cpu-llama-36m", "vllm", name, 0.0, None, "lab", "test", "t.toml:1")
+    problem = check(bound, lambda c, w: m, lambda c: None)
+    assert problem is not None and name in problem
+
+
+def test_a_turn_past_those_served_is_missing_and_says_which_turns_were() -> None:
+    m = measurement(served(4, turns=2), figures={"median_ttft_ms_turn1": 100.0, "median_ttft_ms_turn2": 80.0})
+    assert m.value("median_ttft_ms_turn2") == 80.0
+    with pytest.raises(MissingFigure, match=r"median_ttft_ms_turn5: no successful request at turn 5 .*: 1, 2\)"):
+        m.value("median_ttft_ms_turn5")
+
+
+def test_a_name_that_is_no_figure_at_all_is_still_unknown() -> None:
+    with pytest.raises(KeyError, match="unknown metric 'median_ttft_turn3'"):
+        measurement(served()).value("median_ttft_turn3")
