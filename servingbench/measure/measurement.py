@@ -114,6 +114,9 @@ class Measurement:
         if v is None and name == "kv_capacity_tokens":
             raise MissingFigure("kv_capacity_tokens: the server's /metrics gave no vllm:cache_config_info block "
                                 "count (not a vLLM server, or /metrics was unreachable)")
+        if v is None and self.metrics.completed:
+            why = " (TPOT and ITL need two or more output tokens)" if "tpot" in name or "itl" in name else ""
+            raise MissingFigure(f"{name}: none of the {self.metrics.completed} successful requests measured it{why}")
         if v is None or (self.metrics.completed == 0 and name not in _WITHOUT_SUCCESS):
             errors = ", ".join(f"{k} x{n}" for k, n in self.metrics.errors.items()) or "none recorded"
             raise MissingFigure(f"{name}: no successful requests ({self.metrics.completed} completed, "
