@@ -7,7 +7,8 @@ compute-bound it is (decode MFU in single digits is normal). Formulas (stated in
 
     batch B      time-averaged number of sequences in their decode phase, over the time any sequence decodes
                  (from the request records: sum of (last chunk - first chunk) / length of their union)
-    context c    mean tokens of context a decode step attends to: prompt_len + output_tokens / 2
+    context c    mean tokens of context a decode step attends to: prompt tokens (the server's usage: a multi-turn
+                 request's whole history) + output_tokens / 2
     W            bytes of weights streamed per decode step: (parameters - input embedding) x bytes per weight
                  (the input embedding is only gathered, B rows; a tied embedding is read in full by the LM head)
     KV(c)        KV bytes one sequence reads per step: c x 2 (K and V) x layers x kv_heads x head_dim x KV bytes
@@ -308,10 +309,18 @@ def decode_batch(records: Iterable[RequestRecord]) -> float | None:
 
 
 def mean_context(records: Iterable[RequestRecord]) -> float | None:
+    """Mean tokens a decode step attends to: the prompt as the server counted it (usage.prompt_tokens; a
+    conversation turn's prompt is its whole history, which the client does not count) plus half the output.
+    None without a successful request; EfficiencyError where a prompt's length is unknown."""
     ok = [r for r in records if r.success]
     if not ok:
         return None
-    return sum(r.prompt_len + (r.output_tokens or len(r.chunk_times)) / 2 for r in ok) / len(ok)
+    unknown = sum(r.prompt_tokens is None and r.prompt_len <= 0 for r in ok)
+    if unknown:
+        raise EfficiencyError(f"decode context unknown: {unknown} successful requests have no prompt token count "
+                              "(the server sent no usage.prompt_tokens, and the client did not count what it sent: "
+                              "chat history)")
+    return sum(r.input_tokens + r.output_token_count / 2 for r in ok) / len(ok)
 
 
 def model_config_for(m: Measurement) -> dict[str, Any] | None:
