@@ -139,8 +139,7 @@ class BenchSession:
             self.errors[key] = str(e)
             raise ServerUnavailable(str(e)) from None
         invalid = list(result.invalid)
-        client_note = self.client_check(workload, result, invalid)
-        warnings = list(result.warnings) + client_note + token_count_notes(
+        warnings = list(result.warnings) + token_count_notes(
             result.records, exact=codec is not None or not workload.sends_text)
         if server is not None and not server.is_running():
             warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
@@ -158,9 +157,22 @@ class BenchSession:
             m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
         if after is not None:
             after(server, m)
-        m.save(self.results_dir)
+        m.save(self.results_dir)  # first: a self-test that fails must not lose the measured run
         self.measurements[key] = m
+        self.attach_client_check(m, workload, result)
         return m
+
+    def attach_client_check(self, m: Measurement, workload: Workload, result: LoadResult) -> None:
+        """The self-test's note and verdict on a saved run, or its failure (a peer that did not start, a worker
+        that died) as the run's invalid reason: the client's share of the figures is then unknown. Saved again."""
+        before = (len(m.warnings), len(m.invalid))
+        try:
+            m.warnings.extend(self.client_check(workload, result, m.invalid))
+        except Exception as e:  # noqa: BLE001 - whatever broke the self-test, the run is kept, marked
+            m.invalid.append(f"client self-test failed, so the client's own error at this load is unknown: "
+                             f"{type(e).__name__}: {e}")
+        if (len(m.warnings), len(m.invalid)) != before:
+            m.save(self.results_dir)
 
     def client_check(self, workload: Workload, result: LoadResult, invalid: list[str]) -> list[str]:
         """At high concurrency, the client's own error from a self-test against a peer of known timing (once per
