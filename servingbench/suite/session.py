@@ -42,6 +42,17 @@ if TYPE_CHECKING:
     from servingbench.suite.thresholds import ExpectationTable
 
 
+def server_gpus(server: ServerProcess | None) -> tuple[list[int], list[str]]:
+    """The GPUs to sample for ``server`` (none for a remote deployment: this machine's GPUs are not its), and a
+    note where they cannot be told from other tenants' (then no GPU is sampled)."""
+    if server is None:
+        return [], []
+    try:
+        return server.gpu_indices(), []
+    except telemetry.GpuSelectionError as e:
+        return [], [f"GPU telemetry left out: {e}"]
+
+
 @dataclass
 class BenchSession:
     settings: RunSettings
@@ -110,7 +121,8 @@ class BenchSession:
         self._runs_per_config[config_name] = run_index + 1
         seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
         counters = PrefixWatch(url, self.api_key) if config.engine == "vllm" else None
-        sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
+        gpus, gpu_note = server_gpus(server)
+        sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None, gpus=gpus)
         shape = workload.shape(seed, self.request_timeout_s)
         vocab = self.settings.vocab_size
         # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
@@ -139,7 +151,7 @@ class BenchSession:
             self.errors[key] = str(e)
             raise ServerUnavailable(str(e)) from None
         invalid = list(result.invalid)
-        warnings = list(result.warnings) + token_count_notes(
+        warnings = list(result.warnings) + gpu_note + token_count_notes(
             result.records, exact=codec is not None or not workload.sends_text)
         if server is not None and not server.is_running():
             warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
