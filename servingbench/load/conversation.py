@@ -41,7 +41,7 @@ def history_tokens(records: Sequence[RequestRecord]) -> list[tuple[int, int, int
         turns.sort(key=lambda r: r.turn or 0)
         for prev, cur in zip(turns, turns[1:]):
             if cur.turn == (prev.turn or 0) + 1:
-                out.append((cur.input_tokens, prev.input_tokens, prev.output_tokens or len(prev.chunk_times)))
+                out.append((cur.input_tokens, prev.input_tokens, prev.output_token_count))
     return out
 
 

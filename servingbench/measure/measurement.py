@@ -8,6 +8,7 @@ or a later comparison can recompute anything from raw observations.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,10 +31,34 @@ class InvalidRun(MissingFigure):
     figures describe the client, not the server, so every bound on it fails with the reason."""
 
 
-# Figures that stay meaningful when no request succeeded (counts, and what telemetry saw of the server).
-_WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests", "memory_utilization",
-                    "kv_capacity_tokens",
-                    "gpu_memory_used_gib", "rss_peak_gib", "memory_gib", "gpu_utilization"}
+# Figures that stay meaningful when no request succeeded: counts, and the engine's KV layout. What telemetry saw
+# of the server is not among them: the memory a server reaches under load is unknown when nothing loaded it.
+_WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests",
+                    "kv_capacity_tokens"}
+# Telemetry figures: missing, not 0.0, where nothing sampled what they read (a max bound would pass a zero)
+TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", "gpu_utilization", "rss_peak_gib")
+
+# Figures a workload kind adds (suite/workload_figures.py): a run without them has them missing, not unknown
+_TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
+_PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits",
+                   "expected_prefix_hit_rate_low", "expected_prefix_hit_rate_high"}
+
+
+def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str | None:
+    """Why a run lacks the workload figure ``name`` (None: ``name`` is no workload figure)."""
+    turns = sorted({r.turn for r in records if r.turn is not None and r.success})
+    served = f"turns with a successful request: {', '.join(map(str, turns))}" if turns else "not a multi-turn run"
+    turn = _TURN_FIGURE.fullmatch(name)
+    if turn:
+        return f"{name}: no successful request at turn {turn.group(2)} ({served})"
+    if name == "ttft_last_over_first_turn":
+        return f"{name}: needs successful requests at two turns or more ({served})"
+    if name in _PREFIX_FIGURES:
+        return (f"{name}: the server's /metrics gave no prefix-cache counters over the measured part (not a vLLM "
+                "server, /metrics unreachable, or a workload kind that does not read them: only conversation and "
+                "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
+                + ")")
+    return None
 
 
 @dataclass
@@ -68,33 +93,57 @@ class Measurement:
         if name in self.figures:
             return float(self.figures[name])
         flat = self.metrics.to_vllm_json()
-        t = self.telemetry
-        derived = {
-            "memory_utilization": (max(t.gpu_memory_utilization_peak) if t.gpu_memory_utilization_peak
-                                   else (t.rss_peak_gib / self.memory_total_gib if self.memory_total_gib else 0.0)),
-            "gpu_memory_used_gib": max(t.gpu_memory_used_peak_gib, default=0.0),
-            "memory_gib": max(t.gpu_memory_used_peak_gib, default=0.0) or t.rss_peak_gib,
-            "gpu_utilization": max(t.gpu_utilization_mean, default=0.0),
-            "rss_peak_gib": t.rss_peak_gib,
+        derived: dict[str, Any] = {name: None for name in TELEMETRY_FIGURES}
+        derived.update({
             "seconds_per_output_token": 1.0 / flat["output_throughput"] if flat["output_throughput"] else None,
             "failure_rate": flat["failed"] / max(1, flat["completed"] + flat["failed"]),
             # what the memory the engine was given holds: a bound on it checks the engine's layout, not the
             # gpu_memory_utilization the suite itself passes (memory_utilization reads that back)
             "kv_capacity_tokens": self.kv_cache.get("capacity_tokens"),
-        }
+        })
+        absent = absent_workload_figure(name, self.records)
+        if absent:
+            raise MissingFigure(absent)
         if name not in derived and not (name in flat and (flat[name] is None or isinstance(flat[name], (int, float)))):
             raise KeyError(f"unknown metric {name!r}; known: "
                            f"{sorted(k for k, v in flat.items() if v is None or isinstance(v, (int, float)))}"
                            f" and {sorted(derived) + sorted(self.figures)}")
         v = derived[name] if name in derived else flat[name]
+        if name in TELEMETRY_FIGURES and self.metrics.completed:
+            return self._telemetry_figure(name)
         if v is None and name == "kv_capacity_tokens":
             raise MissingFigure("kv_capacity_tokens: the server's /metrics gave no vllm:cache_config_info block "
                                 "count (not a vLLM server, or /metrics was unreachable)")
+        if v is None and self.metrics.completed:
+            why = " (TPOT and ITL need two or more output tokens)" if "tpot" in name or "itl" in name else ""
+            raise MissingFigure(f"{name}: none of the {self.metrics.completed} successful requests measured it{why}")
         if v is None or (self.metrics.completed == 0 and name not in _WITHOUT_SUCCESS):
             errors = ", ".join(f"{k} x{n}" for k, n in self.metrics.errors.items()) or "none recorded"
             raise MissingFigure(f"{name}: no successful requests ({self.metrics.completed} completed, "
                                 f"{self.metrics.failed} failed; errors: {errors})")
         return float(v)
+
+    def _telemetry_figure(self, name: str) -> float:
+        """What the sampler saw of the server; MissingFigure naming what was not sampled."""
+        t = self.telemetry
+        gpu_mem, gpu_util = max(t.gpu_memory_used_peak_gib, default=0.0), max(t.gpu_utilization_mean, default=None)
+        rss = t.rss_peak_gib or None  # 0: no process of the server was sampled (remote, or it was gone)
+        values: dict[str, float | None] = {
+            "memory_utilization": (max(t.gpu_memory_utilization_peak) if t.gpu_memory_utilization_peak
+                                   else rss / self.memory_total_gib if rss and self.memory_total_gib else None),
+            "gpu_memory_used_gib": gpu_mem if t.gpu_memory_used_peak_gib else None,
+            "memory_gib": (gpu_mem if t.gpu_memory_used_peak_gib else None) or rss,
+            "gpu_utilization": gpu_util,
+            "rss_peak_gib": rss,
+        }
+        v = values[name]
+        if v is not None:
+            return float(v)
+        if name.startswith("gpu_") and rss:
+            raise MissingFigure(f"{name}: no GPU of the server was sampled (a CPU server)")
+        raise MissingFigure(f"{name}: nothing sampled the server's memory ({t.samples} samples; a --server-url "
+                            "deployment is not a process of this machine, or the server had exited); it is "
+                            "missing, not 0")
 
     def require_valid(self, name: str) -> "Measurement":
         """This measurement, or ``InvalidRun`` naming ``name`` and every broken precondition."""

@@ -4,7 +4,7 @@ Definitions (see README, "Metric definitions"): TTFT is the first token chunk mi
 gaps between token chunks, pooled over requests; E2EL the last token chunk minus the send time; TPOT per
 request (E2EL - TTFT) / (N - 1) for N > 1; token counts come from the server's ``usage`` (prompt and completion);
 where a server sent no usage, output tokens are estimated as token chunks and counted in
-``estimated_output_tokens``; throughputs divide by the wall-clock duration of the run; goodput counts requests
+``estimated_output_tokens``, and those requests' TPOT divides by the chunk count (``tpot_estimated`` of them); throughputs divide by the wall-clock duration of the run; goodput counts requests
 per second that met every SLO given.
 """
 
@@ -81,6 +81,7 @@ class BenchmarkMetrics:
     queue_time: Distribution
     errors: dict[str, int] = field(default_factory=dict)
     estimated_output_tokens: int = 0  # requests without usage.completion_tokens: their count is the chunk count
+    tpot_estimated: int = 0  # requests whose TPOT divides by that chunk count (0: every TPOT from usage)
 
     def to_vllm_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -121,9 +122,10 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO 
     for r in failed:
         key = (r.error or "no content received").split(":")[0][:80]
         errors[key] = errors.get(key, 0) + 1
-    out_tokens = [r.output_tokens if r.output_tokens is not None else len(r.chunk_times) for r in ok]
+    out_tokens = [r.output_token_count for r in ok]
     in_tokens = sum(r.input_tokens for r in ok)
-    tpots = [t for t in (r.tpot for r in ok) if t is not None]
+    with_tpot = [r for r in ok if r.tpot is not None]
+    tpots = [r.tpot for r in with_tpot]
     dur = duration if duration > 0 else float("nan")
     goodput = None if slo is None else sum(slo.met_by(r) for r in ok) / dur
     return BenchmarkMetrics(
@@ -143,7 +145,8 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, slo: SLO 
         e2el=Distribution.of([r.e2el for r in ok]),
         queue_time=Distribution.of([r.queue_time for r in records if r.start > 0]),
         errors=errors,
-        estimated_output_tokens=sum(r.output_tokens is None for r in ok),
+        estimated_output_tokens=sum(r.output_tokens_estimated for r in ok),
+        tpot_estimated=sum(r.output_tokens_estimated for r in with_tpot),
     )
 
 

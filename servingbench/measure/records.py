@@ -63,9 +63,20 @@ class RequestRecord:
         return [b - a for a, b in zip(t, t[1:])]
 
     @property
+    def output_tokens_estimated(self) -> bool:
+        """True when the server sent no usage.completion_tokens: the count is then its content chunks."""
+        return self.output_tokens is None
+
+    @property
+    def output_token_count(self) -> int:
+        """usage.completion_tokens, else the content chunks (one token each, as vLLM streams)."""
+        return self.output_tokens if self.output_tokens is not None else len(self.chunk_times)
+
+    @property
     def tpot(self) -> float | None:
-        """(E2EL - TTFT) / (N - 1), defined for N > 1 output tokens."""
-        n = self.output_tokens or 0
+        """(E2EL - TTFT) / (N - 1), defined for N > 1 output tokens; N from usage, else estimated from the
+        chunks (``output_tokens_estimated``), so that a server without usage still has a TPOT."""
+        n = self.output_token_count
         return (self.e2el - self.ttft) / (n - 1) if n > 1 else None
 
     def to_dict(self) -> dict[str, Any]:

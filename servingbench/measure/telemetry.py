@@ -6,11 +6,12 @@ reached under load, not at rest.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import psutil
 
@@ -27,37 +28,105 @@ def _nvml() -> Any | None:
         return None
 
 
-def gpu_count() -> int:
+class GpuSelectionError(ValueError):
+    """The GPUs a server was given cannot be mapped to NVML's (the message says why and what to do)."""
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def host_gpus() -> list[dict[str, Any]]:
+    """Every GPU NVML sees on the host, index and UUID ([] without NVML). NVML ignores CUDA_VISIBLE_DEVICES."""
     nvml = _nvml()
-    return nvml.nvmlDeviceGetCount() if nvml else 0
+    if not nvml:
+        return []
+    return [{"index": i, "uuid": _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i)))}
+            for i in range(nvml.nvmlDeviceGetCount())]
+
+
+def visible_nvml_indices(value: str | None, gpus: Sequence[Mapping[str, Any]]) -> list[int]:
+    """NVML indices of the GPUs ``CUDA_VISIBLE_DEVICES`` = ``value`` lets a process see, in CUDA's order (its
+    device 0 first); every GPU when unset. Read as CUDA reads it: indices or (prefixes of) GPU UUIDs, up to the
+    first invalid entry (unknown, ambiguous, repeated, negative). An index is NVML's, which is CUDA's order on a
+    host of like GPUs (CUDA_DEVICE_ORDER=PCI_BUS_ID makes it so on any). A MIG instance raises GpuSelectionError."""
+    if value is None:
+        return [int(g["index"]) for g in gpus]
+    by_index = {str(g["index"]): int(g["index"]) for g in gpus}
+    out: list[int] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if entry.startswith("MIG-"):
+            raise GpuSelectionError(
+                f"CUDA_VISIBLE_DEVICES names MIG instance {entry}: NVML's memory and utilization of its parent GPU "
+                "include the other instances, so the server's own cannot be read; run on a whole GPU for GPU "
+                "telemetry")
+        if entry.startswith("GPU-"):
+            found = [int(g["index"]) for g in gpus if str(g.get("uuid", "")).startswith(entry)]
+            index = found[0] if len(found) == 1 else None
+        else:
+            index = by_index.get(entry)
+        if index is None or index in out:
+            break  # CUDA stops at the first invalid entry
+        out.append(index)
+    return out
+
+
+def server_gpu_indices(env: Mapping[str, str], count: int,
+                       gpus: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+    """NVML indices of the ``count`` GPUs a server started with ``env`` computes on: the first ``count`` it sees
+    (vLLM's tensor-parallel ranks 0..count-1, the HF baseline's cuda:0). [] on a host without GPUs."""
+    gpus = host_gpus() if gpus is None else gpus
+    if not gpus:
+        return []
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    visible = visible_nvml_indices(value, gpus)
+    if len(visible) < count:
+        raise GpuSelectionError(f"tensor parallel size {count} needs {count} GPUs, but CUDA_VISIBLE_DEVICES="
+                                f"{value!r} lets the server see {len(visible)} of the host's {len(gpus)}: list "
+                                f"{count} GPUs in CUDA_VISIBLE_DEVICES or lower the tensor parallel size")
+    return visible[:count]
+
+
+def _visible_here() -> list[int]:
+    """NVML indices of the GPUs this process (and a server it starts) may use; every GPU where that cannot be
+    mapped (a MIG instance: the whole GPU is what NVML can name)."""
+    gpus = host_gpus()
+    try:
+        return visible_nvml_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
+    except GpuSelectionError:
+        return [int(g["index"]) for g in gpus]
+
+
+def gpu_count() -> int:
+    """GPUs visible to this process."""
+    return len(_visible_here())
 
 
 def gpu_info() -> list[dict[str, Any]]:
-    """Name, total memory and driver of each visible GPU ([] without one)."""
+    """Name, total memory and driver of each GPU visible to this process, in CUDA's order ([] without one)."""
     nvml = _nvml()
     if not nvml:
         return []
     out = []
-    driver = nvml.nvmlSystemGetDriverVersion()
-    for i in range(nvml.nvmlDeviceGetCount()):
+    driver = _text(nvml.nvmlSystemGetDriverVersion())
+    for i in _visible_here():
         h = nvml.nvmlDeviceGetHandleByIndex(i)
-        name = nvml.nvmlDeviceGetName(h)
-        out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_total_gib": nvml.nvmlDeviceGetMemoryInfo(h).total / GIB,
-                    "driver": driver.decode() if isinstance(driver, bytes) else driver})
+        out.append({"index": i, "name": _text(nvml.nvmlDeviceGetName(h)),
+                    "memory_total_gib": nvml.nvmlDeviceGetMemoryInfo(h).total / GIB, "driver": driver})
     return out
 
 
 def gpu_memory_used() -> list[int]:
+    """Bytes used on each GPU visible to this process, in CUDA's order: another tenant's GPUs are not waited on."""
     nvml = _nvml()
     if not nvml:
         return []
-    return [nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used
-            for i in range(nvml.nvmlDeviceGetCount())]
+    return [nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used for i in _visible_here()]
 
 
 def wait_for_gpu_memory_release(threshold_gib: float = 2.0, timeout: float = 120.0) -> float:
-    """Block until every GPU uses less than ``threshold_gib`` (a stopped server's memory has come back).
+    """Block until every GPU visible to this process uses less than ``threshold_gib`` (a stopped server's memory
+    has come back); GPUs CUDA_VISIBLE_DEVICES hides may be other tenants' and are not waited on.
 
     Returns the seconds waited; raises TimeoutError naming the GPU and the memory still held.
     """
@@ -110,11 +179,14 @@ class TelemetrySummary:
 
 
 class Sampler:
-    """Samples a process tree's RSS and every GPU's memory and utilization at ``interval`` seconds."""
+    """Samples a process tree's RSS, and the memory and utilization of the GPUs it computes on (``gpus``: NVML
+    indices, from ``server_gpu_indices``; none by default: other GPUs of the host may be other tenants'), at
+    ``interval`` seconds."""
 
-    def __init__(self, pid: int | None, interval: float = 0.25) -> None:
+    def __init__(self, pid: int | None, interval: float = 0.25, gpus: Sequence[int] = ()) -> None:
         self.pid = pid
         self.interval = interval
+        self.gpus = list(gpus)
         self._rss: list[int] = []
         self._gpu_mem: list[list[int]] = []
         self._gpu_util: list[list[int]] = []
@@ -124,7 +196,7 @@ class Sampler:
 
     def _run(self) -> None:
         nvml = _nvml()
-        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())] if nvml else []
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in self.gpus] if nvml else []
         self._gpu_total = [nvml.nvmlDeviceGetMemoryInfo(h).total for h in handles] if nvml else []
         while not self._stop.is_set():
             if self.pid:

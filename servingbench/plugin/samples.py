@@ -99,7 +99,13 @@ def store_samples(benchmark: Any, samples: Sequence[float], *, group: str | None
 
 
 def record_measurement(benchmark: Any, m: Measurement, metric: str) -> list[float]:
-    """Store one metric of one measurement, with what it was measured on in ``extra_info``."""
+    """Store one metric of one measurement, with what it was measured on in ``extra_info``. An invalid run (its
+    client fell behind, queued or saturated; the deadline passed) measured the client, not the server: it is
+    neither stored as a baseline nor compared with one."""
+    if m.invalid:
+        pytest.fail(f"{m.config_name} ({m.key}): the run is invalid: {'; '.join(m.invalid)}: its figures describe "
+                    "the client, so it is not stored as a baseline or compared with one; rerun it with the "
+                    "precondition met (more client workers or a lower load)", pytrace=False)
     if m.metrics.failed:
         pytest.fail(f"{m.metrics.failed} of {m.metrics.completed + m.metrics.failed} requests failed "
                     f"({m.metrics.errors}): not a run to store or compare", pytrace=False)

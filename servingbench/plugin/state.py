@@ -20,7 +20,7 @@ from servingbench.measure import environment as hw
 from servingbench.measure.http import open_url
 from servingbench.measure.measurement import replay_environment
 from servingbench.suite.defaults import default_table_path
-from servingbench.suite.efficiency import DevicePeaks, find_peaks, load_peak_table, probed_peaks
+from servingbench.suite.efficiency import DevicePeaks, find_peaks_for_sku, load_peak_table, probed_peaks
 from servingbench.suite.gate import GateReport
 from servingbench.suite.models import ModelError, ModelSpec, get_model
 from servingbench.suite.session import BenchSession
@@ -62,7 +62,8 @@ class PluginState:
         """Peak bandwidth (and FLOP/s) for MBU: hardware_peaks.toml's entry for this hardware, else measured here
         once by a short probe and cached per machine identity."""
         if gpus not in self._peaks:
-            found = find_peaks(self.hardware.key, self.hardware.gpu_name, load_peak_table(), count=gpus)
+            found = find_peaks_for_sku(self.hardware.key, self.hardware.gpu_sku, self.hardware.gpu_name,
+                                       load_peak_table(), count=gpus)
             if found is None:  # a replayed run's machine cannot be probed: what this cache holds for it, if any
                 found = probed_peaks(self.hardware, gpus, cache_only=self.replay_env is not None)
             self._peaks[gpus] = found

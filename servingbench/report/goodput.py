@@ -73,7 +73,7 @@ def goodput(m: Measurement, slo: SLOLimits) -> Goodput:
         good = [r for r in records if r.success and request_slo.met_by(r)]
         rg = metrics.request_goodput
         share = len(good) / metrics.completed if metrics.completed else 0.0
-        good_tps = sum(r.output_tokens or len(r.chunk_times) for r in good) / duration
+        good_tps = sum(r.output_token_count for r in good) / duration
     return Goodput(m.key, m.config_name, m.workload.get("concurrency"), rg, share, good_tps,
                    tuple(slo.run_violations(m)))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from servingbench.measure.measurement import Measurement
+from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.files import atomic_write_json, atomic_write_text
 
 COLUMNS = [
@@ -18,16 +18,24 @@ COLUMNS = [
 ]
 
 
+def _or_nan(m: Measurement, name: str) -> float:
+    """A figure, or NaN (shown "nan", as a missing latency is) where nothing measured it."""
+    try:
+        return m.value(name)
+    except MissingFigure:
+        return float("nan")
+
+
 def row(m: Measurement) -> list[str]:
-    mem_gib = m.value("memory_gib")
+    mem_gib = _or_nan(m, "memory_gib")
     w = m.workload
     conc = w["concurrency"] or "inf"
     values = [
         m.config_name, f"{w['name']} n{w['num_requests']} c{conc} {w['prompt_len']}/{w['output_len']}",
         f"{m.metrics.completed}/{m.metrics.failed}", m.metrics.output_throughput, m.metrics.request_throughput,
         m.metrics.ttft.median, m.metrics.ttft.percentiles[99], m.metrics.tpot.median, m.metrics.itl.median,
-        m.metrics.e2el.median, m.metrics.e2el.percentiles[99], m.value("memory_utilization"), mem_gib,
-        m.value("gpu_utilization"), m.server_startup_s if m.server_startup_s is not None else float("nan"),
+        m.metrics.e2el.median, m.metrics.e2el.percentiles[99], _or_nan(m, "memory_utilization"), mem_gib,
+        _or_nan(m, "gpu_utilization"), m.server_startup_s if m.server_startup_s is not None else float("nan"),
     ]
     return [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)]
 

@@ -7,6 +7,7 @@ engine refuses) agrees on what counts as a cause and skips the same traceback so
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 LOG_TAIL_LINES = 40
@@ -18,11 +19,41 @@ TRACEBACK_SOURCE = re.compile(r"(^|[\])]\s)\s*(raise |File \")")  # a traceback'
 _GENERIC_FAILURES = ("Engine core initialization failed", "See root cause above", "Failed core proc",
                      "WorkerProc initialization failed", "died unexpectedly")
 _EXCEPTION_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (.+?)\s*$")
-# Exceptions by which vLLM refuses a setting at start-up (validation, unsupported); others are real failures.
-REFUSAL_TYPES = ("ValueError", "NotImplementedError", "ValidationError", "TypeError")
-# A RuntimeError is a refusal only when it says a combination is unsupported: vLLM 0.26 on an H100 refuses fp8 KV
-# with an fp16 model that way ("For FP8 input, output must have dtype BF16"); "CUDA out of memory" is a crash.
-_RUNTIME_REFUSAL = re.compile(r"not supported|unsupported|only supports|requires|must have|must be", re.I)
+
+
+@dataclass(frozen=True)
+class KnownRefusal:
+    """One way vLLM was seen to refuse a setting a study asks for: its exception and message."""
+
+    kind: str  # the exception's name as the log gives it
+    message: re.Pattern[str]
+    setting: str  # what it refuses, for the reader
+
+    def matches(self, reason: str) -> bool:
+        kind, _, text = reason.partition(": ")
+        return kind == self.kind and bool(self.message.search(text))
+
+
+# The refusals seen (tests/unit/refusal_logs/ keeps a log of each). Only these skip a study's setting: a ValueError
+# or TypeError in general is as likely a sizing error the user must see ("KV cache is needed, which is larger than
+# the available KV cache memory") or a bug, and those fail the study. A new refusal is added here with its log.
+KNOWN_REFUSALS = (
+    KnownRefusal("ValueError", re.compile(r"^No valid attention backend found for "),
+                 "a block size or KV dtype no attention backend of this GPU supports (H100: block size 8)"),
+    KnownRefusal("ValueError", re.compile(r"^No common block size for \d+ "),
+                 "a block size the CPU attention backend cannot use (CPU_ATTN: multiples of 32)"),
+    KnownRefusal("RuntimeError", re.compile(r"^For FP16/BF16 input, output must have the same dtype as inputs"),
+                 "fp8 KV cache with an fp16/bf16 model on this GPU's kernels (H100, vLLM 0.26)"),
+    KnownRefusal("ValueError", re.compile(r"^The dtype of q \S+ does not match the q_data_type "),
+                 "KV dtype fp8_e5m2 (H100, vLLM 0.26)"),
+    KnownRefusal("NotImplementedError", re.compile(r"^FP8 KV cache on CPU requires x86 with AVX-512 or AMX"),
+                 "fp8 KV cache on a CPU without AVX-512 or AMX"),
+)
+
+
+def known_refusal(reason: str) -> KnownRefusal | None:
+    """The known refusal an engine's exception line (``Kind: message``) is, else None."""
+    return next((r for r in KNOWN_REFUSALS if r.matches(reason)), None)
 
 
 def cause_line(log_text: str) -> str | None:
@@ -62,11 +93,11 @@ def start_failure_log(message: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-
 def start_refusal(message: str) -> str | None:
     """The engine's own reason for refusing a setting, from a ``ServerStartError`` message's log.
 
-    None when the log names no refusal (a crash, a timeout): those are failures, not skips.
+    None unless the cause is one of ``KNOWN_REFUSALS``: a crash, a timeout, a KV cache too small for one request,
+    a bug are failures, not skips.
     """
     log = start_failure_log(message)
     text = ""
@@ -76,12 +107,4 @@ def start_refusal(message: str) -> str | None:
         except OSError:
             pass
     reason = engine_refusal(text or message)
-    if not reason:
-        return None
-    kind, _, text = reason.partition(":")
-    if kind in REFUSAL_TYPES or (kind == "RuntimeError" and _RUNTIME_REFUSAL.search(text)
-                                 and "out of memory" not in text):
-        return reason
-    return None
-
-
+    return reason if reason and known_refusal(reason) else None

@@ -209,6 +209,18 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def environment(self) -> dict[str, str]:
+        """The environment the server runs with (what its CUDA_VISIBLE_DEVICES lets it compute on)."""
+        return {**os.environ, **dict(self.config.env), **self.extra_env}
+
+    def gpu_indices(self) -> list[int]:
+        """NVML indices of the GPUs this server computes on (its tensor-parallel size of them); [] for a CPU
+        server. Raises telemetry.GpuSelectionError where they cannot be told apart."""
+        if not self.gpu:
+            return []
+        count = int(getattr(self.config, "tensor_parallel_size", 1) or 1)
+        return telemetry.server_gpu_indices(self.environment(), count)
+
     def start(self) -> "ServerProcess":
         if self.port is None:
             self.port = free_port(self.host)
@@ -216,7 +228,7 @@ class ServerProcess:
         if self.gpu:
             telemetry.wait_for_gpu_memory_release()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **dict(self.config.env), **self.extra_env}
+        env = self.environment()
         if self.api_key:  # through the environment: never on a command line, in `ps` or in a log
             env["VLLM_API_KEY"] = env["SERVINGBENCH_API_KEY"] = self.api_key
         cmd = self.cmd = self.config.command(self.host, self.port)

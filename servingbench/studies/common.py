@@ -116,11 +116,21 @@ def record_rows(bench: "BenchSession", study: str, rows: Iterable[dict[str, Any]
     return doc
 
 
+def sampled(m: "Measurement", name: str) -> float | None:
+    """A telemetry figure of the row, or None where nothing sampled it (a zero would read as measured)."""
+    from servingbench.measure.measurement import MissingFigure
+
+    try:
+        return m.value(name)
+    except MissingFigure:
+        return None
+
+
 def serving_row(m: "Measurement") -> dict[str, Any]:
     """The serving figures every study row carries (vLLM's field names), plus memory and KV capacity."""
     flat = m.metrics.to_vllm_json()
-    return {**{k: flat[k] for k in SERVING_FIELDS}, "rss_peak_gib": m.value("rss_peak_gib"),
-            "gpu_memory_used_gib": m.value("gpu_memory_used_gib"), "measurement": m.key,
+    return {**{k: flat[k] for k in SERVING_FIELDS}, "rss_peak_gib": sampled(m, "rss_peak_gib"),
+            "gpu_memory_used_gib": sampled(m, "gpu_memory_used_gib"), "measurement": m.key,
             "server_startup_s": m.server_startup_s, "client_loop_lag_ms_p99": m.loop_lag_ms_p99}
 
 

@@ -129,7 +129,12 @@ def run_offline(spec: OfflineSpec, log_dir: Path, timeout_s: float = 900.0) -> O
     with open(log, "wb") as fh:
         proc = subprocess.Popen(die_with_parent(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
-        sampler = telemetry.Sampler(proc.pid)
+        try:  # the GPUs this run computes on, not other tenants' (NVML ignores CUDA_VISIBLE_DEVICES)
+            gpus = (telemetry.server_gpu_indices(env, spec.tensor_parallel_size if spec.engine == "vllm" else 1)
+                    if spec.device == "cuda" else [])
+        except telemetry.GpuSelectionError:
+            gpus = []  # a MIG slice: its GPU peak is left out (0.0), as on a CPU
+        sampler = telemetry.Sampler(proc.pid, gpus=gpus)
         try:
             with sampler:
                 code = proc.wait(timeout=timeout_s)

@@ -7,7 +7,8 @@ compute-bound it is (decode MFU in single digits is normal). Formulas (stated in
 
     batch B      time-averaged number of sequences in their decode phase, over the time any sequence decodes
                  (from the request records: sum of (last chunk - first chunk) / length of their union)
-    context c    mean tokens of context a decode step attends to: prompt_len + output_tokens / 2
+    context c    mean tokens of context a decode step attends to: prompt tokens (the server's usage: a multi-turn
+                 request's whole history) + output_tokens / 2
     W            bytes of weights streamed per decode step: (parameters - input embedding) x bytes per weight
                  (the input embedding is only gathered, B rows; a tied embedding is read in full by the LM head)
     KV(c)        KV bytes one sequence reads per step: c x 2 (K and V) x layers x kv_heads x head_dim x KV bytes
@@ -131,8 +132,9 @@ def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[st
     for d in devices:
         if not any(base == p or (p.endswith("*") and base.startswith(p[:-1])) for p in d["profiles"]):
             continue
-        needles = d.get("gpu_name_contains") or []
-        if needles and not (gpu_name and any(s.lower() in gpu_name.lower() for s in needles)):
+        needles = [s.lower() for s in d.get("gpu_name_contains") or []]
+        named = f"{base} {gpu_name or ''}".lower()  # "H100-PCIe-80GB" says PCIe itself; "H100-80GB" needs the name
+        if needles and not any(s in named for s in needles):
             continue
         cores = d.get("cores_counted")
         if cores is not None and threads is not None and cores != threads:
@@ -140,6 +142,16 @@ def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[st
         return DevicePeaks(d["name"], float(d["memory_bandwidth_gb_s"]), dict(d["peak_tflops"]), d["source"],
                            1 if cores is not None else (count or suffix_n), cores)
     return None
+
+
+def find_peaks_for_sku(hardware: str, sku: str | None, gpu_name: str | None, devices: Sequence[Mapping[str, Any]],
+                       count: int | None = None) -> DevicePeaks | None:
+    """find_peaks by the hardware key, else by the GPU SKU a run recorded: a --profile key ("my-lab") names the
+    rows and baselines, not the part, and must not cost the run its datasheet peaks."""
+    found = find_peaks(hardware, gpu_name, devices, count=count)
+    if found is None and sku and sku != hardware:
+        found = find_peaks(sku, gpu_name, devices, count=count)
+    return found
 
 
 def probed_peaks(hardware: Hardware, gpus: int = 1, cache_only: bool = False) -> DevicePeaks | None:
@@ -297,10 +309,18 @@ def decode_batch(records: Iterable[RequestRecord]) -> float | None:
 
 
 def mean_context(records: Iterable[RequestRecord]) -> float | None:
+    """Mean tokens a decode step attends to: the prompt as the server counted it (usage.prompt_tokens; a
+    conversation turn's prompt is its whole history, which the client does not count) plus half the output.
+    None without a successful request; EfficiencyError where a prompt's length is unknown."""
     ok = [r for r in records if r.success]
     if not ok:
         return None
-    return sum(r.prompt_len + (r.output_tokens or len(r.chunk_times)) / 2 for r in ok) / len(ok)
+    unknown = sum(r.prompt_tokens is None and r.prompt_len <= 0 for r in ok)
+    if unknown:
+        raise EfficiencyError(f"decode context unknown: {unknown} successful requests have no prompt token count "
+                              "(the server sent no usage.prompt_tokens, and the client did not count what it sent: "
+                              "chat history)")
+    return sum(r.input_tokens + r.output_token_count / 2 for r in ok) / len(ok)
 
 
 def model_config_for(m: Measurement) -> dict[str, Any] | None:
@@ -335,8 +355,9 @@ def peaks_for(m: Measurement, devices: Sequence[Mapping[str, Any]]) -> DevicePea
     from servingbench.measure.environment import from_environment
 
     gpus = m.environment.get("gpus") or []
-    found = find_peaks(m.environment.get("hardware", ""), gpus[0]["name"] if gpus else None, devices,
-                       count=gpus_used(m))
+    sku = (m.environment.get("hardware_identity") or {}).get("gpu_sku")
+    found = find_peaks_for_sku(m.environment.get("hardware", ""), sku, gpus[0]["name"] if gpus else None, devices,
+                               count=gpus_used(m))
     if found is None and m.environment.get("hardware_identity"):
         found = probed_peaks(from_environment(m.environment), gpus_used(m), cache_only=True)
     return found

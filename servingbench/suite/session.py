@@ -42,6 +42,17 @@ if TYPE_CHECKING:
     from servingbench.suite.thresholds import ExpectationTable
 
 
+def server_gpus(server: ServerProcess | None) -> tuple[list[int], list[str]]:
+    """The GPUs to sample for ``server`` (none for a remote deployment: this machine's GPUs are not its), and a
+    note where they cannot be told from other tenants' (then no GPU is sampled)."""
+    if server is None:
+        return [], []
+    try:
+        return server.gpu_indices(), []
+    except telemetry.GpuSelectionError as e:
+        return [], [f"GPU telemetry left out: {e}"]
+
+
 @dataclass
 class BenchSession:
     settings: RunSettings
@@ -110,7 +121,8 @@ class BenchSession:
         self._runs_per_config[config_name] = run_index + 1
         seed = int(hashlib.sha256(f"{workload.label}/{run_index}".encode()).hexdigest()[:8], 16)
         counters = PrefixWatch(url, self.api_key) if config.engine == "vllm" else None
-        sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None)
+        gpus, gpu_note = server_gpus(server)
+        sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None, gpus=gpus)
         shape = workload.shape(seed, self.request_timeout_s)
         vocab = self.settings.vocab_size
         # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
@@ -139,8 +151,7 @@ class BenchSession:
             self.errors[key] = str(e)
             raise ServerUnavailable(str(e)) from None
         invalid = list(result.invalid)
-        client_note = self.client_check(workload, result, invalid)
-        warnings = list(result.warnings) + client_note + token_count_notes(
+        warnings = list(result.warnings) + gpu_note + token_count_notes(
             result.records, exact=codec is not None or not workload.sends_text)
         if server is not None and not server.is_running():
             warnings.append(f"server exited during the run; log tail:\n{server.log_tail()}")
@@ -158,9 +169,22 @@ class BenchSession:
             m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
         if after is not None:
             after(server, m)
-        m.save(self.results_dir)
+        m.save(self.results_dir)  # first: a self-test that fails must not lose the measured run
         self.measurements[key] = m
+        self.attach_client_check(m, workload, result)
         return m
+
+    def attach_client_check(self, m: Measurement, workload: Workload, result: LoadResult) -> None:
+        """The self-test's note and verdict on a saved run, or its failure (a peer that did not start, a worker
+        that died) as the run's invalid reason: the client's share of the figures is then unknown. Saved again."""
+        before = (len(m.warnings), len(m.invalid))
+        try:
+            m.warnings.extend(self.client_check(workload, result, m.invalid))
+        except Exception as e:  # noqa: BLE001 - whatever broke the self-test, the run is kept, marked
+            m.invalid.append(f"client self-test failed, so the client's own error at this load is unknown: "
+                             f"{type(e).__name__}: {e}")
+        if (len(m.warnings), len(m.invalid)) != before:
+            m.save(self.results_dir)
 
     def client_check(self, workload: Workload, result: LoadResult, invalid: list[str]) -> list[str]:
         """At high concurrency, the client's own error from a self-test against a peer of known timing (once per

@@ -225,9 +225,12 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
     request, no peak bandwidth known)."""
 
     def mbu(m: "Measurement") -> float:
-        from servingbench.suite.efficiency import measurement_efficiency
+        from servingbench.suite.efficiency import EfficiencyError, measurement_efficiency
 
-        e = measurement_efficiency(m, peaks(m) if peaks else None)
+        try:
+            e = measurement_efficiency(m, peaks(m) if peaks else None)
+        except EfficiencyError as err:  # what the run lacks for MBU: the bound fails saying so
+            raise MissingFigure(f"mbu: {err}") from None
         if e.mbu is None:
             raise MissingFigure("mbu: no peak memory bandwidth is known for this hardware")
         return e.mbu

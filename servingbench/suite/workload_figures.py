@@ -42,9 +42,15 @@ def load_codec(model_path: str) -> Codec | None:
 
 def token_count_notes(records: Sequence[RequestRecord], exact: bool) -> list[str]:
     """A note where the server's prompt-token count disagrees with the client's on some requests (only where the
-    client's count is meant to be exact: token ids, or text counted with the model's own tokenizer)."""
-    ok = [r for r in records if r.success and r.prompt_len > 0]
+    client's count is meant to be exact: token ids, or text counted with the model's own tokenizer), and where
+    output tokens, and so TPOT, were counted from chunks because the server sent no usage."""
+    done = [r for r in records if r.success]
+    no_usage = sum(r.output_tokens_estimated for r in done)
     notes = []
+    if no_usage:
+        notes.append(f"token counts: {no_usage} of {len(done)} responses carried no usage.completion_tokens; their "
+                     "output tokens are their content chunks, and their TPOT is estimated from those")
+    ok = [r for r in done if r.prompt_len > 0]
     missing = sum(r.prompt_tokens is None for r in ok)
     if missing:
         notes.append(f"token counts: {missing} of {len(ok)} responses carried no usage.prompt_tokens; their input "

@@ -39,8 +39,9 @@ from servingbench.measure.measurement import Measurement
 from servingbench.measure.telemetry import TelemetrySummary
 
 
-def synthetic(config_name, workload, ttft=1.0, itl=1.0, duration=1.0, n=24, tokens=12):
-    """Seeded records of a closed-loop run; ``ttft``/``itl``/``duration`` scale those parts of it."""
+def synthetic(config_name, workload, ttft=1.0, itl=1.0, duration=1.0, n=24, tokens=12, invalid=()):
+    """Seeded records of a closed-loop run; ``ttft``/``itl``/``duration`` scale those parts of it; ``invalid``: the
+    run's broken preconditions."""
     rng = random.Random(config_name)
     base = {"vllm": 0.05, "hf": 0.2}.get(config_name, 0.1)
     records = []
@@ -55,7 +56,8 @@ def synthetic(config_name, workload, ttft=1.0, itl=1.0, duration=1.0, n=24, toke
     return Measurement(key=f"{config_name}--{workload.label}", engine=config_name, config_name=config_name,
                        config={"engine": config_name}, workload=workload.to_dict(),
                        metrics=compute_metrics(records, span * duration), telemetry=TelemetrySummary(),
-                       records=records, started_at=0.0, environment={"hardware": "synthetic"})
+                       records=records, started_at=0.0, environment={"hardware": "synthetic"},
+                       invalid=list(invalid))
 '''
 
 CONFTEST = '''
@@ -179,6 +181,20 @@ def test_recorded_baseline_holds_the_samples_and_the_environment(project: Projec
             assert b["options"]["timer"] == "servingbench_sample_clock"
     spt = benches["test_baseline[vllm-s_per_output_token]"]["stats"]
     assert spt["rounds"] == 1
+
+
+def test_an_invalid_run_is_refused_as_a_baseline_saying_why(project: Project) -> None:
+    """A run whose client saturated measured the client: stored, it would be the figure every later run is
+    compared with (#28 item 12)."""
+    reason = "client saturated: event-loop lag p90 41.0 ms over the 20 ms allowed"
+    project.plan(vllm={"invalid": [reason]})
+    result = project.run("--benchmark-save=base")
+    assert result.ret != 0
+    result.assert_outcomes(passed=len(METRICS), failed=len(METRICS))  # hf's stored, every vllm metric refused
+    result.stdout.fnmatch_lines([f"*vllm*invalid*{reason}*not stored as a baseline*"])
+    stored = [b["name"] for f in (project.path / "baselines" / PROFILE).glob("*_base.json")
+              for b in json.loads(f.read_text())["benchmarks"]]
+    assert stored and not [n for n in stored if "[vllm-" in n]
 
 
 def test_a_save_that_fails_mid_write_leaves_the_baselines_as_they_were(project: Project,

@@ -45,7 +45,7 @@ def test_the_efficiency_output_records_the_cores_counted() -> None:
     assert e.mfu == pytest.approx(e.achieved_tflops * 1e12 / one_core_flops, rel=0.01)
     assert e.mbu == pytest.approx(e.achieved_gb_s / 25.0)
     gpu = eff.compute_efficiency(CPU_MODEL, output_tokens_per_s=100.0, batch=4, context=96, weight_dtype="float16",
-                                 kv_dtype="auto", peaks=eff.find_peaks("A100-40GB", None, eff.load_peak_table()))
+                                 kv_dtype="auto", peaks=eff.find_peaks("A100-SXM-40GB", None, eff.load_peak_table()))
     assert gpu.cores_counted is None
 
 

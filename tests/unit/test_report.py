@@ -101,10 +101,10 @@ def test_decode_batch_is_what_the_server_batched() -> None:
 
 def test_peaks_lookup() -> None:
     table = eff.load_peak_table()
-    assert eff.find_peaks("H100-80GB", "NVIDIA H100 80GB HBM3", table).memory_bandwidth_gb_s == 3350
-    assert eff.find_peaks("H100-80GB", "NVIDIA H100 PCIe", table).memory_bandwidth_gb_s == 2000
-    assert eff.find_peaks("A100-40GB", None, table).flops_per_s("bfloat16") == 312e12
-    h200x2 = eff.find_peaks("H200-140GB-x2", "NVIDIA H200", table)
+    assert eff.find_peaks("H100-SXM-80GB", "NVIDIA H100 80GB HBM3", table).memory_bandwidth_gb_s == 3350
+    assert eff.find_peaks("H100-PCIe-80GB", "NVIDIA H100 PCIe", table).memory_bandwidth_gb_s == 2000
+    assert eff.find_peaks("A100-SXM-40GB", None, table).flops_per_s("bfloat16") == 312e12
+    h200x2 = eff.find_peaks("H200-SXM-140GB-x2", "NVIDIA H200", table)
     assert h200x2.count == 2 and h200x2.bandwidth_bytes_per_s == 2 * 4.8e12
     assert eff.find_peaks("test-hw", None, table) is None
 

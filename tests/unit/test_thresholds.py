@@ -80,9 +80,7 @@ def test_an_all_failed_run_fails_every_bound_of_the_table_rows() -> None:
     hw = Hardware("cpu-2c-avx512", False)
     hf = [b for b in table.for_run(hw, "cpu-llama-36m") if b.config == "hf" and b.tier == "exact"]
     assert hf
-    for b in hf:
-        if b.base_metric == "memory_utilization":
-            continue  # what telemetry saw of the server stays a real figure
+    for b in hf:  # memory_utilization too: the memory the server reached under load is unknown when nothing loaded it
         assert check(b, lambda c, w: m, lambda c: lab()) is not None, b
 
 

@@ -70,8 +70,8 @@ def test_output_tokens_without_usage_are_counted_as_estimated() -> None:
 
 
 def test_token_count_notes_name_the_disagreement() -> None:
-    ok = RequestRecord("a", 10, 4, start=1.0, chunk_times=[1.1], prompt_tokens=10)
-    off = RequestRecord("b", 10, 4, start=1.0, chunk_times=[1.1], prompt_tokens=12)
+    ok = RequestRecord("a", 10, 4, start=1.0, chunk_times=[1.1], prompt_tokens=10, output_tokens=1)
+    off = RequestRecord("b", 10, 4, start=1.0, chunk_times=[1.1], prompt_tokens=12, output_tokens=1)
     assert token_count_notes([ok], exact=True) == []
     (note,) = token_count_notes([ok, off], exact=True)
     assert "1 of 2 prompts" in note and "12 tokens where the client counted 10" in note
