@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 #: Points of the chi-square grid over which detection probabilities are averaged (the variance is estimated).
 _GRID = 128
@@ -38,24 +38,19 @@ _GRID = 128
 
 @dataclass(frozen=True)
 class Side:
-    """One side's log figures of one metric, one array of rounds per lifetime (invalid rounds already left out)."""
+    """One side's log figures of one metric, reduced to what the model needs: per lifetime its mean and round
+    count, and the within-lifetime sum of squares (invalid rounds already left out)."""
 
-    lifetimes: tuple[np.ndarray, ...]
+    means: tuple[float, ...]
+    rounds: tuple[int, ...]
+    ssw: float = 0.0
     dropped: int = 0  # rounds left out: invalid (no figure) or not finite and > 0
 
     @property
     def n_lifetimes(self) -> int:
-        return len(self.lifetimes)
+        return len(self.means)
 
-    @functools.cached_property
-    def rounds(self) -> tuple[int, ...]:
-        return tuple(x.size for x in self.lifetimes)
-
-    @functools.cached_property
-    def means(self) -> tuple[float, ...]:
-        return tuple(float(x.sum()) / x.size for x in self.lifetimes)
-
-    @functools.cached_property
+    @property
     def mean(self) -> float:
         """Mean over lifetimes of the lifetime means: every lifetime weighs the same, as each is one draw of a_l."""
         return sum(self.means) / len(self.means) if self.means else math.nan
@@ -68,18 +63,24 @@ class Side:
 def side(values_by_lifetime: Sequence[Sequence[float]]) -> Side:
     """A ``Side`` from raw figures per lifetime; NaN, inf and values <= 0 (an invalid round's figure) are left out,
     and a lifetime with no valid round with them, counted in ``dropped``."""
-    if isinstance(values_by_lifetime, np.ndarray) and values_by_lifetime.ndim == 2:
+    if isinstance(values_by_lifetime, np.ndarray) and values_by_lifetime.ndim == 2 and values_by_lifetime.size:
         arr = values_by_lifetime.astype(float, copy=False)
-        if (np.isfinite(arr) & (arr > 0)).all():  # the common case, and the simulations': one pass
-            return Side(tuple(np.log(arr)), 0)
-    kept, dropped = [], 0
+        if (np.isfinite(arr) & (arr > 0)).all():  # the common case, and the simulations': one vectorised pass
+            logs = np.log(arr)
+            means = logs.mean(axis=1)
+            return Side(tuple(means.tolist()), (arr.shape[1],) * arr.shape[0],
+                        float(((logs - means[:, None]) ** 2).sum()))
+    means, rounds, ssw, dropped = [], [], 0.0, 0
     for values in values_by_lifetime:
         arr = np.asarray(list(values), dtype=float)
         ok = np.isfinite(arr) & (arr > 0)
         dropped += int((~ok).sum())
         if ok.any():
-            kept.append(np.log(arr[ok]))
-    return Side(tuple(kept), dropped)
+            logs = np.log(arr[ok])
+            means.append(float(logs.mean()))
+            rounds.append(int(logs.size))
+            ssw += float(((logs - logs.mean()) ** 2).sum())
+    return Side(tuple(means), tuple(rounds), ssw, dropped)
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,11 @@ class Noise:
             L = s.n_lifetimes
             if L == 0:
                 continue
-            means, centre = s.means, s.mean
-            sums[0] += sum((m - centre) ** 2 for m in means)
+            centre = s.mean
+            sums[0] += sum((m - centre) ** 2 for m in s.means)
             sums[1] += L - 1.0
             sums[2] += (L - 1.0) / L * s.h
-            sums[3] += sum(float(((x - m) ** 2).sum()) for x, m in zip(s.lifetimes, means))
+            sums[3] += s.ssw
             sums[4] += sum(s.rounds) - L
             lifetimes, rounds = lifetimes + L, rounds + sum(s.rounds)
         return cls(*sums, lifetimes=lifetimes, rounds=rounds)
@@ -208,12 +209,28 @@ def mdr_log(se: float, df: float, alpha: float, power: float, threshold: float) 
         return threshold  # no noise: any shift at the min effect is caught
     if not (se > 0 and df > 0 and math.isfinite(se)):
         return math.inf
-    cuts = _cuts(se, df, alpha, threshold)
-    f = lambda d: float(special.ndtr((d - cuts) / se).mean()) - power  # noqa: E731
-    hi = float(cuts.max()) + 10 * se
-    while f(hi) < 0:
-        hi *= 2
-    return float(optimize.brentq(f, float(cuts.min()) - 10 * se, hi, xtol=1e-9))
+    cuts = _cuts(se, df, alpha, threshold) / se
+    # Safeguarded Newton on P(d) - power in units of se: P is a mean of normal CDFs, increasing, its slope the mean
+    # of their densities; a step that leaves the bracket [lo, hi] bisects instead.
+    lo, hi = float(cuts.min()) - 10.0, float(cuts.max()) + 10.0
+    d = float(np.median(cuts)) + float(special.ndtri(power))
+    for _ in range(100):
+        z = d - cuts
+        f = float(special.ndtr(z).mean()) - power
+        if f > 0:
+            hi = d
+        else:
+            lo = d
+        slope = float(np.exp(-0.5 * z * z).mean()) / math.sqrt(2 * math.pi)
+        step = f / slope if slope > 0 else math.inf
+        nxt = d - step
+        if not lo < nxt < hi:
+            nxt = 0.5 * (lo + hi)
+        if abs(nxt - d) < 1e-10 or hi - lo < 1e-10:
+            d = nxt
+            break
+        d = nxt
+    return d * se
 
 
 def log_threshold(min_effect: float, higher_is_better: bool) -> float:

@@ -58,13 +58,13 @@ NO_NOISE_FIX = ("fix: record this hardware's lifetime spread with `make calibrat
                 "gate can use it, or A/B servers the suite starts (--ab-config, --ab-python), which it restarts")
 
 
-def tests_per_config() -> int:
+def n_tests_per_config() -> int:
     return len(GATED) + 1  # and failure_rate
 
 
 def alpha_per_test(configs: int, alpha: float = ALPHA) -> float:
     """The one-sided level of each test, so that a run of ``configs`` gated configs fails with ``alpha`` at most."""
-    return alpha / (tests_per_config() * max(1, configs))
+    return alpha / (n_tests_per_config() * max(1, configs))
 
 
 def check_rounds(rounds: int) -> int:
