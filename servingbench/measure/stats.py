@@ -183,7 +183,8 @@ def compare_failures(baseline_failed: int | None, baseline_requests: int | None,
     if baseline_failed == 0:
         status: Status = "regressed" if current_failed > 0 else "unchanged"
         return Verdict(status=status, method="any failure where the baseline had none", **n, **kw)  # type: ignore
-    table = [[current_failed, current_requests - current_failed], [baseline_failed, baseline_requests - baseline_failed]]
+    table = [[current_failed, current_requests - current_failed],
+             [baseline_failed, baseline_requests - baseline_failed]]
     p_worse = stats.fisher_exact(table, alternative="greater").pvalue
     p_better = stats.fisher_exact(table, alternative="less").pvalue
     status = ("regressed" if p_worse < alpha else "improved" if p_better < alpha

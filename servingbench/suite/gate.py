@@ -183,6 +183,8 @@ def what_it_takes(verdicts: Sequence[Verdict], noises: dict[str, Noise], *, devi
         n = noises.get(v.metric)
         if target is None or v.mdr <= target:
             continue
+        stored_l = (n.lifetimes - v.lifetimes_baseline - v.lifetimes_current) if n is not None else 0
+        stored_r = max(2, round((n.rounds - v.n_baseline - v.n_current) / stored_l)) if n and stored_l else 3
         if n is None or not (math.isfinite(n.sl) and math.isfinite(n.sr)):
             out.append(f"{v.metric}: MDR {v.mdr:.1%} misses the {device_class} goal {target:.0%}; no lifetime "
                        f"spread to plan with. {NO_NOISE_FIX}")
@@ -190,7 +192,7 @@ def what_it_takes(verdicts: Sequence[Verdict], noises: dict[str, Noise], *, devi
         p = plan(n.sl, n.sr, target=target, alpha=alpha, power=POWER, min_effect=MIN_EFFECT[v.metric],
                  higher_is_better=v.higher_is_better, round_minutes=round_min, restart_minutes=restart_min, ab=ab,
                  baseline_lifetimes=lb, baseline_rounds=rb, max_load_minutes=minutes,
-                 df_extra=max(0.0, n.dz - (2 * v.lifetimes_current - 2 if ab else lb + v.lifetimes_current - 2)))
+                 stored_lifetimes=stored_l, stored_rounds=stored_r)
         recal = (f"; recalibrate with `servingbench calibrate --lifetimes {p.baseline_lifetimes}`"
                  if not ab and p.baseline_lifetimes > lb else "")
         out.append(f"{v.metric}: MDR {v.mdr:.1%} misses the {device_class} goal of {target:.0%} in <= {minutes:g} min "

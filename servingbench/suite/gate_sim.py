@@ -41,6 +41,11 @@ class Design:
     current: int
     rounds: int = DEFAULT_ROUNDS
     stored: int = 0
+    current_rounds: int | None = None  # where the run's rounds a lifetime differ from the baseline's
+
+    @property
+    def rounds_c(self) -> int:
+        return self.current_rounds or self.rounds
 
 
 DESIGNS = {
@@ -48,6 +53,8 @@ DESIGNS = {
     "stored-legacy": Design("stored baseline of 2 lifetimes x 3 against 1 x 3 (the issue's case)", 2, 1),
     "ab-configs": Design("A/B of configs, ABBA", DEFAULT_LIFETIMES, DEFAULT_LIFETIMES),
     "ab-deployments": Design("A/B of deployments, 1 x 3 a side, stored 6 x 3 pooled", 1, 1, stored=6),
+    "stored-fewer-rounds": Design("stored baseline 6 x 3 against 2 x 2", 6, 2, current_rounds=2),
+    "stored-more-rounds": Design("stored baseline 6 x 3 against 1 x 6", 6, 1, current_rounds=6),
 }
 
 Decide = Callable[..., str]  # (metric, baseline (L, R), current (L, R), stored (L, R) | None, alpha, min_effect)
@@ -94,7 +101,7 @@ def false_alarms(sl: float, sr: float, design: Design, runs: int, seed: int, *, 
         hits = np.zeros(runs, dtype=bool)
         for _ in range(CONFIGS):
             b = draw(rng, runs, sl, sr, design.baseline, design.rounds, g.name)
-            c = draw(rng, runs, sl, sr, design.current, design.rounds, g.name)
+            c = draw(rng, runs, sl, sr, design.current, design.rounds_c, g.name)
             st = draw(rng, runs, sl, sr, design.stored, design.rounds, g.name) if design.stored else None
             for i in range(runs):
                 alarm = decide(g.name, g.higher_is_better, b[i], c[i], None if st is None else st[i], a, me) \
@@ -115,7 +122,7 @@ def detection_at_printed_mdr(sl: float, sr: float, design: Design, metric: str, 
     rng = np.random.default_rng(seed)
     a = alpha_per_test(CONFIGS)
     b = draw(rng, draws, sl, sr, design.baseline, design.rounds, metric)
-    c = draw(rng, draws, sl, sr, design.current, design.rounds, metric)
+    c = draw(rng, draws, sl, sr, design.current, design.rounds_c, metric)
     st = draw(rng, draws, sl, sr, design.stored, design.rounds, metric) if design.stored else None
     hits, mdrs = 0, []
     for i in range(draws):

@@ -127,7 +127,8 @@ def test_a_baseline_of_another_model_workload_or_version_is_refused() -> None:
         == ["versions.vllm: baseline '0.26.0', run '0.32.0'"]
     found = provenance_mismatches(stored, "vllm", {**run, "model": "mistral-7b"}, {"num_requests": 50}, "vllm")
     assert [m.split(":")[0] for m in found] == ["model", "workload.num_requests", "versions.vllm"]
-    with pytest.raises(ValueError, match=r"model: baseline 'llama-2-7b', run 'mistral-7b'.*--gate-allow-mismatch model"):
+    refused = r"model: baseline 'llama-2-7b', run 'mistral-7b'.*--gate-allow-mismatch model"
+    with pytest.raises(ValueError, match=refused):
         refuse_mismatches(found, ["versions", "workload"], Path("rounds.json"))
     assert refuse_mismatches(found, ["all"], Path("rounds.json")) == found
     assert refuse_mismatches(found[1:], ["workload.num_requests", "versions.vllm"], Path("r")) == found[1:]

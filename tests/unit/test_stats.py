@@ -26,7 +26,8 @@ def test_anova_recovers_known_components() -> None:
     n = Noise.of(side(hier(rng, 0.05, 0.02, 4000, 3)))
     assert n.sl == pytest.approx(0.05, rel=0.05) and n.sr == pytest.approx(0.02, rel=0.03)
     assert (n.dz, n.dw, n.lifetimes, n.rounds) == (3999, 8000, 4000, 12000)
-    assert n.r_ref == pytest.approx(3) and n.lifetime_share(3) == pytest.approx(0.05**2 / (0.05**2 + 0.02**2 / 3), rel=0.1)
+    share = 0.05**2 / (0.05**2 + 0.02**2 / 3)
+    assert n.r_ref == pytest.approx(3) and n.lifetime_share(3) == pytest.approx(share, rel=0.1)
 
 
 def test_pooling_centres_each_side_so_a_shift_is_not_noise() -> None:
@@ -48,11 +49,17 @@ def test_balanced_variance_is_the_pooled_t_on_lifetime_means() -> None:
     assert (mb.mean() - ma.mean()) / math.sqrt(v) == pytest.approx(t.statistic)
 
 
-def test_unbalanced_rounds_use_satterthwaite_and_stored_lifetimes_count() -> None:
+def test_unbalanced_rounds_keep_the_lifetimes_df_and_stored_lifetimes_count() -> None:
     rng = np.random.default_rng(4)
     base, cur = side(hier(rng, 0.03, 0.03, 6, 3)), side(hier(rng, 0.03, 0.03, 1, 5))
-    v, df = Noise.of(base, cur).variance(base.rounds, cur.rounds)
-    assert 0 < df < 5 + 12 + 4 and math.isfinite(v)
+    pool = Noise.of(base, cur)
+    v, df = pool.variance(base.rounds, cur.rounds)  # more rounds than R_ref = 3: the round term is left out
+    assert df == 5 and v == pytest.approx((1 / 6 + 1) * pool.tau2)
+    fewer = side(hier(rng, 0.03, 0.03, 2, 2))
+    pool = Noise.of(base, fewer)
+    v, df = pool.variance(base.rounds, fewer.rounds)  # fewer: their extra round noise is added
+    a, b = 1 / 6 + 1 / 2, 6 / 3 / 36 + 2 / 2 / 4
+    assert df == 6 and v == pytest.approx(a * pool.tau2 + (b - a / pool.r_ref) * pool.sr2) and b > a / pool.r_ref
     # one lifetime a side: nothing separates a build from a restart, unless stored lifetimes are pooled
     one = side(hier(rng, 0.03, 0.03, 1, 3))
     assert Noise.of(one, one).variance((3,), (3,)) == (math.inf, 0.0)
@@ -125,7 +132,7 @@ def test_one_lifetime_a_side_is_inconclusive_and_says_the_fix() -> None:
     stored = Noise.of(side([[10.0, 10.1], [10.5, 10.4], [9.8, 9.9]]))
     v2 = compare_lifetimes("median_tpot_ms", [[10.0, 10.1, 9.9]], [[20.0, 20.2, 19.8]], higher_is_better=False,
                            min_effect=0.02, noise=stored, noise_source="rounds.json")
-    assert 1 < v2.df <= 2.5 and math.isfinite(v2.mdr) and "rounds.json (3 lifetimes)" in v2.note  # 2 rounds vs 3
+    assert v2.df == 2 and math.isfinite(v2.mdr) and "rounds.json (3 lifetimes)" in v2.note
 
 
 def test_invalid_rounds_leave_a_note_not_an_error() -> None:
