@@ -41,7 +41,10 @@ MIN_EFFECT: dict[str, float] = {
 }
 POWER = 0.8
 DEFAULT_ROUNDS = 3  # per lifetime
-MIN_ROUNDS = 2  # a side's within-lifetime spread needs two; one round a side gave 32-45% false alarms (TPOT p50)
+# Rounds per lifetime: the within-lifetime spread (sr) is estimated from them, and a run with fewer rounds a lifetime
+# than the baseline adds their extra round noise with it. (Issue #29: one round a side gave the old gate 32-45%
+# false alarms on TPOT p50 in simulation.)
+MIN_ROUNDS = 2
 # Lifetimes a side. Simulated power (scripts/gate_power.py --simulate, README "Power"): against a 6-lifetime
 # calibration with the CPU machine's measured spreads, the throughput MDR is 21.9% with 1 lifetime, 15.6% with 2,
 # 12.9% with 3; the first restart buys most (a second lifetime halves the current side's lifetime term and adds a
@@ -69,8 +72,8 @@ def alpha_per_test(configs: int, alpha: float = ALPHA) -> float:
 
 def check_rounds(rounds: int) -> int:
     if rounds < MIN_ROUNDS:
-        raise ValueError(f"--gate-rounds {rounds}: the gate needs at least {MIN_ROUNDS} rounds per lifetime (one gave "
-                         f"32-45% false alarms on TPOT p50 in simulation); pass --gate-rounds {MIN_ROUNDS} or more")
+        raise ValueError(f"--gate-rounds {rounds}: the gate needs at least {MIN_ROUNDS} rounds per lifetime, to "
+                         f"estimate the spread within one; pass --gate-rounds {MIN_ROUNDS} or more")
     return rounds
 
 

@@ -45,7 +45,7 @@ def test_at_least_two_rounds() -> None:
     assert check_rounds(2) == 2
     with pytest.raises(ValueError, match="--gate-rounds 2 or more"):
         check_rounds(1)
-    with pytest.raises(argparse.ArgumentTypeError, match="at least 2 rounds"):
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 2 rounds per lifetime"):
         _gate_rounds("1")
 
 
