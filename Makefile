@@ -16,8 +16,8 @@ test: setup
 	$(PY) -m pytest tests/ $(ARGS)
 
 # Stored baselines, one folder per hardware key under baselines/ (README "Baselines and the regression gate"):
-#   make calibrate   on a quiet machine: rounds.json (each metric's spread) and proposed [[expect]] rows
-#   make compare     the regression gate: R rounds of the lab load, a verdict per metric against rounds.json
+#   make calibrate   on a quiet machine: rounds.json (6 server lifetimes; spread between and within) and rows
+#   make compare     the regression gate: N lifetimes x R rounds of the lab load, a verdict per metric
 #                    (pytest perf/test_gate.py --gate); A/B in one session: make compare ARGS="--ab-config NAME"
 #   make baselines   record pytest-benchmark's baseline of this machine (another profile: ARGS="--gpu")
 #   make compare-benchmark   pytest-benchmark's own comparison, with its median tolerance

@@ -1,40 +1,62 @@
-"""The regression gate: rounds of the lab load and a verdict per metric (servingbench/suite/gate.py says how).
+"""The regression gate: lifetimes of rounds of the lab load and a verdict per metric (servingbench/suite/gate.py).
 
     make compare                                   # = pytest perf/test_gate.py --gate: against baselines/<key>/rounds.json
     pytest perf/test_gate.py --gate --ab-config vllm-candidate          # A/B: vllm against another vllm config
     pytest perf/test_gate.py --gate --server-url $A --ab-server-url $B  # A/B of two deployments
     pytest perf/test_gate.py --gate --ab-python /venv-pr/bin/python      # A/B of two Python environments
 
-Each verdict is regressed, improved, unchanged or inconclusive, with the change, its confidence interval and the
-minimum detectable regression of this run; the test fails only on "regressed".
+Each side is N server lifetimes (--gate-lifetimes, a restart before each; ABBA order in an A/B) of R rounds
+(--gate-rounds). Each verdict is regressed, improved, unchanged or inconclusive, with the change, its interval and
+the minimum detectable regression of this run; the test fails only on "regressed".
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from servingbench.suite.gate import DEFAULT_ROUNDS, GateReport, run_interleaved, run_rounds, stored_baseline, verdicts
-from servingbench.suite.rounds import Round
+from servingbench.suite.gate import (DEFAULT_LIFETIMES, DEFAULT_ROUNDS, GateReport, Measure, alpha_per_test, judge,
+                                     provenance_mismatches, refuse_mismatches, run_abba, run_interleaved,
+                                     run_lifetimes, stored_baseline, what_it_takes)
+from servingbench.suite.rounds import FILENAME, Round, RoundsFile
 
 CONFIGS = ["vllm", "hf"]
 
 
+def gated_configs(session: pytest.Session) -> int:
+    """How many configs this run gates, for the false-alarm budget: every collected gate test counts (one skipped
+    later, e.g. hf in an A/B of deployments, only makes the split conservative)."""
+    return max(1, sum(getattr(item, "originalname", None) == "test_no_regression" for item in session.items))
+
+
 @pytest.mark.parametrize("config_name", CONFIGS)
-def test_no_regression(config_name: str, bench, expectations, measure_or_skip, pytestconfig, gate_reports) -> None:
+def test_no_regression(config_name: str, bench, expectations, measure_or_skip, pytestconfig, gate_reports,
+                       request) -> None:
     opt = pytestconfig.getoption
     if not opt("--gate"):
         pytest.skip("the regression gate: run with --gate (make compare)")
     rounds = opt("--gate-rounds") or DEFAULT_ROUNDS
+    lifetimes = opt("--gate-lifetimes") or DEFAULT_LIFETIMES
+    configs = gated_configs(request.session)
     workload = bench.workload(expectations, "lab", config_name)
+    folder = Path(opt("--baseline-dir") or pytestconfig.rootpath / "baselines") / bench.settings.hardware.key
+    notes: list[str] = []
 
-    def side(name: str, **kw: Any) -> Callable[[int], Round]:
-        return lambda i: Round.of(measure_or_skip(name, workload, round=i, **kw), 0, i)
+    def side(name: str, **kw: Any) -> Measure:
+        return lambda lt, i: Round.of(measure_or_skip(name, workload, round=lt * rounds + i, **kw), lt, i)
 
-    if opt("--ab-config") or opt("--ab-server-url") or opt("--ab-python"):
+    def restart() -> None:
+        bench.pool.stop()  # the next measure starts a fresh server: a new lifetime
+
+    stored: list[Round] = []
+    stored_source = ""
+    if (folder / FILENAME).is_file():
+        stored, stored_source = RoundsFile.load(folder / FILENAME).of(config_name), str(folder / FILENAME)
+    ab = bool(opt("--ab-config") or opt("--ab-server-url") or opt("--ab-python"))
+    if ab:
         if opt("--ab-python"):
             candidate = dataclasses.replace(bench.config(config_name), python=opt("--ab-python"))
             b, mode = side(f"{config_name}@B", config=candidate), f"A/B: this environment against {opt('--ab-python')}"
@@ -47,18 +69,35 @@ def test_no_regression(config_name: str, bench, expectations, measure_or_skip, p
             if bench.config(opt("--ab-config")).engine != bench.config(config_name).engine:
                 pytest.skip(f"an A/B of configs compares {opt('--ab-config')} with the config of its engine")
             b, mode = side(opt("--ab-config")), f"A/B: {config_name} against {opt('--ab-config')}"
-        reference, current = run_interleaved(side(config_name), b, rounds)
-        spread = None
+        if opt("--ab-server-url") or bench.remote:
+            lifetimes = 1
+            notes.append("deployments are not restarted by the suite: one lifetime a side, rounds in ABBA order")
+            reference, current = run_interleaved(side(config_name), b, rounds)
+        else:
+            reference, current = run_abba(side(config_name), b, restart, lifetimes, rounds)
+        baseline_rounds = reference
     else:
-        folder = Path(opt("--baseline-dir") or pytestconfig.rootpath / "baselines")
         try:
-            calibration, reference = stored_baseline(folder / bench.settings.hardware.key, config_name)
+            calibration, baseline_rounds = stored_baseline(folder, config_name)
+            notes += [f"allowed: {m}" for m in refuse_mismatches(
+                provenance_mismatches(calibration, config_name, bench.settings.provenance(), workload.to_dict(),
+                                      bench.config(config_name).engine),
+                opt("--gate-allow-mismatch"), folder / FILENAME)]
         except (FileNotFoundError, ValueError) as e:
             pytest.fail(str(e), pytrace=False)
-        current = run_rounds(side(config_name), rounds)
-        spread = calibration.spread().get(config_name)
-        mode = f"stored baseline {folder / bench.settings.hardware.key / 'rounds.json'}"
-    report = GateReport(config_name, mode, rounds, verdicts(reference, current, spread=spread))
+        stored, stored_source = [], ""  # the baseline itself is the stored data
+        if bench.remote:
+            lifetimes = 1
+            notes.append("--server-url: the deployment is not restarted, one lifetime (the baseline's lifetime "
+                         "spread covers it)")
+        current = run_lifetimes(side(config_name), restart, lifetimes, rounds)
+        reference = baseline_rounds
+        mode = f"stored baseline {folder / FILENAME}"
+    verdicts, noises = judge(reference, current, configs=configs, stored=stored, stored_source=stored_source)
+    notes += what_it_takes(verdicts, noises, device_class=bench.settings.hardware.device_class, ab=ab,
+                           current=current, baseline=baseline_rounds, alpha=alpha_per_test(configs))
+    report = GateReport(config_name, mode, rounds, verdicts, lifetimes=lifetimes, alpha=alpha_per_test(configs),
+                        notes=notes)
     gate_reports.append(report)
     assert not report.regressed, "regressed:\n" + "\n".join(v.describe() for v in report.regressed) \
         + "\n" + report.table()

@@ -3,7 +3,7 @@
 
     servingbench serve-hf --model DIR [--port 8000] ...   the HF Transformers baseline, OpenAI API
     servingbench report RESULTS_DIR [...] -o OUT          the performance report (Markdown, PNG, HTML)
-    servingbench calibrate [--gpu] [--rounds 3 --lifetimes 2]   rounds, spread, proposed table rows
+    servingbench calibrate [--gpu] [--rounds 3 --lifetimes 6]   lifetimes of rounds, noise, proposed table rows
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}: the spread within a lifetime and between "
+                                         "lifetimes are both estimated")
     return value
 
 
@@ -89,8 +97,9 @@ def add_calibrate_parser(subparsers: "argparse._SubParsersAction[argparse.Argume
     p.add_argument("--profile", default=None, help="hardware key to calibrate (default: detected)")
     p.add_argument("--tensor-parallel-size", type=_positive_int, default=1)
     p.add_argument("--configs", default="vllm,hf", help="comma-separated configs of the table (default: vllm,hf)")
-    p.add_argument("--rounds", type=_positive_int, default=3, help="rounds per server lifetime (default 3)")
-    p.add_argument("--lifetimes", type=_positive_int, default=2, help="server lifetimes (default 2)")
+    p.add_argument("--rounds", type=_at_least_two, default=3, help="rounds per server lifetime (default 3)")
+    p.add_argument("--lifetimes", type=_at_least_two, default=6, help="server lifetimes (default 6: the gate's "
+                   "degrees of freedom come from lifetimes; servingbench/suite/calibrate.py says why 6)")
     p.add_argument("--expectations", default=None, help="the table (default: perf/expected_performance.toml)")
     p.add_argument("--baseline-dir", default="baselines", help="where <key>/rounds.json goes (default: baselines)")
     p.add_argument("--results-dir", default=None, help="measurements and logs (default: results/calibrate-<time>)")

@@ -13,6 +13,28 @@ import pytest
 DEFAULT_TOLERANCE = "median:20%"
 
 
+def _gate_rounds(text: str) -> int:
+    """--gate-rounds: at least 2 (servingbench/suite/gate.py MIN_ROUNDS says why); argparse turns the error into
+    a usage error that names the fix."""
+    import argparse
+
+    from servingbench.suite.gate import check_rounds
+
+    try:
+        return check_rounds(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _gate_lifetimes(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--gate-lifetimes must be >= 1, got {value}")
+    return value
+
+
 def add_options(parser: pytest.Parser) -> None:
     g = parser.getgroup("servingbench", "LLM serving performance")
     g.addoption("--gpu", action="store_true", help="GPU profile: vLLM's CUDA build, Llama-2-7B-shaped dummy "
@@ -50,7 +72,14 @@ def add_options(parser: pytest.Parser) -> None:
                 "--benchmark-compare --benchmark-compare-fail=TOLERANCE")
     b.addoption("--gate", action="store_true", help="run the regression gate (perf/test_gate.py): R rounds of the "
                 "lab load per config and a verdict per metric against baselines/<key>/rounds.json, or in an A/B")
-    b.addoption("--gate-rounds", type=int, default=None, metavar="R", help="rounds a side (default 3)")
+    b.addoption("--gate-rounds", type=_gate_rounds, default=None, metavar="R", help="rounds per server lifetime, "
+                ">= 2 (default 3)")
+    b.addoption("--gate-lifetimes", type=_gate_lifetimes, default=None, metavar="N", help="server lifetimes a "
+                "side, a restart before each; an A/B runs them in ABBA order (default 2; servingbench/suite/gate.py "
+                "says why). Deployments at --server-url are not restarted: one lifetime")
+    b.addoption("--gate-allow-mismatch", action="append", default=[], metavar="FIELD", help="compare with a stored "
+                "baseline recorded on another FIELD (model, workload.<key>, versions.vllm, ...; a prefix such as "
+                "versions, or all); repeatable. By default such a baseline is refused, naming the field")
     b.addoption("--ab-config", default=None, metavar="NAME", help="A/B in one session: the candidate config of the "
                 "table, run interleaved with config vllm round by round")
     b.addoption("--ab-server-url", default=None, metavar="URL", help="A/B in one session: the candidate deployment; "

@@ -1,15 +1,20 @@
-"""Calibration in one command: rounds of the lab load, the baseline with its spread, proposed table rows.
+"""Calibration in one command: lifetimes of rounds of the lab load, the noise model, proposed table rows.
 
 ``servingbench calibrate`` (``make calibrate``) runs, on a quiet machine, R rounds of the lab load per config in
-each of L server lifetimes (the server restarts between lifetimes, so restart-to-restart spread counts), plus one
-single-stream run per config and lifetime for batch efficiency (whose spread is that of both runs). It writes ``baselines/<key>/rounds.json`` (every round's
-figures and samples, each metric's spread) and proposes ``[[expect]]`` rows for this hardware key in the table,
-between markers, with the margin rule in a comment. The user reviews them and commits.
+each of L server lifetimes (the server restarts between lifetimes), plus one single-stream run per config and
+lifetime for batch efficiency. It writes ``baselines/<key>/rounds.json``: every round, and per config and metric
+the noise model's estimates (``measure/noise.py``): sL between lifetimes, sr between rounds of one lifetime, their
+degrees of freedom, and how much the lifetime term weighs. It proposes ``[[expect]]`` rows for this hardware key in
+the table, between markers, with the margin rule in a comment. The user reviews them and commits.
 
-The margin rule: a bound sits outside the median of the rounds by m = max(K x s, floor), where s is the metric's
-spread (sample std of log(round figure), restarts included), K = 4, and the floor is 15% on a CPU and 5% on a
-GPU: about 4 standard deviations of what was seen, so an untouched run fails well under 1 time in 1000, and never
-closer than the floor, because a calibration sees one quiet afternoon, not every neighbour CI will have.
+Lifetimes, not rounds, give the gate its degrees of freedom, hence ``DEFAULT_LIFETIMES``.
+
+The margin rule: a bound sits outside the median of the rounds by m = max(K x s, floor), where s is the spread of
+one future round in a new lifetime about the calibration's centre, ``s^2 = sL^2 + sr^2 + tau^2/L`` (restarts
+included), K = 4, and the floor is 15% on a CPU and 5% on a GPU. s is estimated from L lifetimes, so 4 x s is not
+"under 1 in 1000": the false failures per bound are about P(t_df > 4), df from the lifetimes (0.5% at 5 df, 7.8% at
+1 df), and each row's comment says its own. The floor is there because a calibration sees one quiet afternoon,
+not every neighbour CI will have.
 """
 
 from __future__ import annotations
@@ -25,13 +30,23 @@ from servingbench.load.workload import single_stream
 from servingbench.measure.environment import Hardware, detect
 from servingbench.measure.metrics import batch_efficiency
 from servingbench.suite.models import get_model, materialize
+from scipy import stats
+
+from servingbench.measure.noise import Noise, design_mdr, side
 from servingbench.measure.stats import log_spread
-from servingbench.suite.rounds import Round, RoundsFile
+from servingbench.suite.gate import DEFAULT_LIFETIMES as GATE_LIFETIMES, MIN_EFFECT, POWER, alpha_per_test
+from servingbench.suite.rounds import GATED, Round, RoundsFile, by_lifetime
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
 from servingbench.suite.thresholds import load_table
 
 K_SPREAD = 4.0
+# Lifetimes a calibration records. The gate's t on lifetime means has (L - 1) + (N - 1) degrees of freedom against
+# a run of N lifetimes; at the run's per-test level (0.05 / 18 for two configs) the one-sided t quantile is 13.4 at
+# 2 df, 5.4 at 4, 4.2 at 6 and 2.8 at infinity: L = 6 with the gate's 2 lifetimes gives 6 df, within 1.5x of the
+# normal quantile, where L = 2 (the old default) gives 2 df. With the CPU machine's measured spreads (throughput sL
+# 0.029, sr 0.045) the computed throughput MDR is 15.6% at L = 6 and 48.4% at L = 2 (scripts/gate_power.py).
+DEFAULT_LIFETIMES = 6
 FLOOR = {"cpu": 0.15, "gpu": 0.05}
 # (metric, direction) of the proposed exact rows; "min" for higher-is-better figures.
 ROW_METRICS = (("output_throughput", "min"), ("median_ttft_ms", "max"), ("p99_ttft_ms", "max"),
@@ -49,13 +64,49 @@ class CalibrationOptions:
     results_dir: Path | None = None
     configs: tuple[str, ...] = ("vllm", "hf")
     rounds: int = 3  # per server lifetime
-    lifetimes: int = 2
+    lifetimes: int = DEFAULT_LIFETIMES
     write_table: bool = True
     api_key: str | None = None
 
 
 def margin(spread: float, hardware: Hardware) -> float:
     return max(K_SPREAD * spread, FLOOR[hardware.device_class])
+
+
+def prediction_spread(noise: Noise, lifetimes: int) -> tuple[float, float]:
+    """(s, df): the spread of one future round in a new lifetime about the mean of ``lifetimes`` lifetime means,
+    ``s^2 = sL^2 + sr^2 + tau^2/L = tau^2 (1 + 1/L) + sr^2 (1 - 1/R)``, Satterthwaite df; (NaN, 0) without
+    two lifetimes."""
+    if not (noise.dz > 0 and noise.dw > 0):
+        return math.nan, 0.0
+    a, b = noise.tau2 * (1 + 1 / lifetimes), noise.sr2 * (1 - 1 / noise.r_ref)
+    s2 = a + b
+    df = s2 ** 2 / (a ** 2 / noise.dz + b ** 2 / noise.dw) if s2 > 0 else noise.dz
+    return math.sqrt(s2), df
+
+
+def noise_lines(calibration: RoundsFile, configs: int = 2) -> list[str]:
+    """Per config and metric: sL, sr, their df, the lifetime term's weight, and the MDR the gate's default design
+    (its lifetimes x these rounds) would have against this calibration."""
+    out = []
+    for config, per in calibration.noise().items():
+        rounds = calibration.of(config)
+        L = len({r.lifetime for r in rounds})
+        R = max(2, round(len(rounds) / max(1, L)))
+        out.append(f"calibrate: noise of {config} ({L} lifetimes x {R} rounds; sL between lifetimes, sr between "
+                   "rounds of one, std of log):")
+        for g in GATED:
+            n = per[g.name]
+            if not n.dz > 0:
+                out.append(f"  {g.name}: no two lifetimes with a figure")
+                continue
+            mdr = design_mdr(n.sl, n.sr, baseline_rounds=[R] * L, current_rounds=[R] * GATE_LIFETIMES,
+                             alpha=alpha_per_test(configs), power=POWER, min_effect=MIN_EFFECT[g.name],
+                             higher_is_better=g.higher_is_better)
+            out.append(f"  {g.name}: sL {n.sl:.2%} ({n.dz:g} df), sr {n.sr:.2%} ({n.dw:g} df); lifetime term "
+                       f"{n.lifetime_share(R):.0%} of a lifetime mean's variance; gate MDR at {GATE_LIFETIMES} x {R} "
+                       f"{mdr:.1%}")
+    return out
 
 
 def _sig(x: float, digits: int = 3) -> float:
@@ -66,6 +117,9 @@ def _sig(x: float, digits: int = 3) -> float:
 
 def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
     """Run the rounds; returns the rounds file, the proposed rows (TOML text) and where the rounds were saved."""
+    if opts.rounds < 2 or opts.lifetimes < 2:
+        raise ValueError(f"calibrate needs >= 2 rounds and >= 2 lifetimes (got {opts.rounds} x {opts.lifetimes}): "
+                         "the spread between lifetimes and within one are both estimated")
     hardware = detect(opts.gpu, opts.hardware_key, opts.tensor_parallel_size)
     model = get_model(opts.model or ("llama-2-7b" if opts.gpu else "cpu-llama-36m"))
     table = load_table(opts.table)
@@ -99,6 +153,8 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
             efficiency[config] = (eff, math.hypot(log_spread(loaded), log_spread(ones)))
     calibration = RoundsFile(settings.provenance(), workloads, rounds)
     saved = calibration.save(opts.baseline_dir / hardware.key)
+    for line in noise_lines(calibration, len(opts.configs)):
+        log(line)
     rows = propose_rows(calibration, hardware, model.name, efficiency, opts)
     if opts.write_table:
         write_rows(opts.table, hardware.key, model.name, rows)
@@ -108,22 +164,33 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
 def propose_rows(calibration: RoundsFile, hardware: Hardware, model: str,
                  efficiency: dict[str, tuple[float, float]], opts: CalibrationOptions) -> str:
     """The ``[[expect]]`` rows for this hardware: medians of the rounds, widened by the margin rule."""
-    medians, spread = calibration.medians(), calibration.spread()
+    medians, spread, noise = calibration.medians(), calibration.spread(), calibration.noise()
     n = {c: len(calibration.of(c)) for c in medians}
     date = time.strftime("%Y-%m-%d")
     versions = calibration.provenance.get("versions") or {}
     out = []
     for config in medians:
+        lifetimes = len({r.lifetime for r in calibration.of(config)})
         lines = ["[[expect]]", f'hardware = "{hardware.key}"', f'model = "{model}"', f'config = "{config}"',
-                 f'source = "servingbench calibrate, {date}: median of {n[config]} rounds in {opts.lifetimes} server '
+                 f'source = "servingbench calibrate, {date}: median of {n[config]} rounds in {lifetimes} server '
                  f'lifetimes (vLLM {versions.get("vllm")}, torch {versions.get("torch")})"']
-        for metric, side in ROW_METRICS:
-            med, s = medians[config].get(metric, math.nan), spread[config].get(metric, 0.0)
+        for metric, bound_side in ROW_METRICS:
+            med = medians[config].get(metric, math.nan)
             if not math.isfinite(med):
                 continue
+            s, df = prediction_spread(noise[config][metric], lifetimes)
+            if math.isfinite(s):
+                why = (f"spread {s:.1%} (sL {noise[config][metric].sl:.1%}, sr {noise[config][metric].sr:.1%}, "
+                       f"{df:.2g} df)")
+            else:  # one lifetime: the restart's share is unknown, the total spread is all there is
+                s, df = spread[config].get(metric, 0.0), max(0.0, n[config] - 1.0)
+                why = f"spread {s:.1%} (one lifetime: restarts not in it)"
             m = margin(s, hardware)
-            bound = _sig(med * (1 - m) if side == "min" else med * (1 + m))
-            lines.append(f'{metric} = {{ {side} = {bound:g} }}    # median {med:.4g}, spread {s:.1%}, margin {m:.0%}')
+            log_m = -math.log1p(-m) if bound_side == "min" else math.log1p(m)
+            rate = f", ~{stats.t.sf(log_m / s, df):.2g} false failures" if s > 0 and df > 0 else ""
+            bound = _sig(med * (1 - m) if bound_side == "min" else med * (1 + m))
+            lines.append(f'{metric} = {{ {bound_side} = {bound:g} }}    # median {med:.4g}, {why}, margin {m:.0%}'
+                         f'{rate}')
         if config in efficiency:
             eff, s = efficiency[config]
             m = margin(s, hardware)
@@ -140,8 +207,8 @@ def propose_rows(calibration: RoundsFile, hardware: Hardware, model: str,
         out.append("\n".join(lines))
     head = (f"# Proposed by `servingbench calibrate` on {date} for {hardware.key} ({hardware.cpu or hardware.gpu_name}; "
             f"identity {hardware.identity()}). Margin rule: bound = median x (1 -/+ m), m = max({K_SPREAD:g} x "
-            f"spread, {FLOOR[hardware.device_class]:.0%}); spread = std of log(round figure) over the rounds, "
-            f"restarts included. Review, then commit.")
+            f"spread, {FLOOR[hardware.device_class]:.0%}); spread = that of one round in a new server lifetime "
+            f"(sL^2 + sr^2 + tau^2/L), false failures per bound ~P(t_df > m/spread). Review, then commit.")
     return head + "\n" + "\n\n".join(out) + "\n"
 
 

@@ -1,10 +1,15 @@
-"""Rounds: the gated workload run several times, each run's figures kept, and the spread they show.
+"""Rounds: the gated workload run several times in several server lifetimes, each run's figures kept.
 
-A round is one run of a workload against one config. Calibration runs rounds across several server lifetimes (a
-restart between them), because restart-to-restart spread is larger than the spread of runs on one server, and a
-baseline that knew only the latter would raise false alarms. The rounds file, ``baselines/<key>/rounds.json``,
-keeps every round's figures and per-request samples, and each metric's spread, so the gate compares a run's rounds
-against it with a statistical test per metric (``measure/stats.py``).
+A round is one run of a workload against one config; a lifetime is one server process (a restart between
+lifetimes). A restart moves every figure (``measure/noise.py`` has the measurements), so the lifetime is the
+independent unit: the rounds file, ``baselines/<key>/rounds.json``, keeps every round with its lifetime, figures,
+per-request samples and failure counts, and per config and metric the noise model's estimates (sL between
+lifetimes, sr between rounds of one lifetime, their degrees of freedom, L and R), so the gate compares a run's
+lifetimes against it with a test per metric (``measure/stats.py``).
+
+Schema ``servingbench.rounds/2``; files of ``/1`` still load (their failure counts are derived from the samples,
+as only successful requests have samples). An invalid round keeps no figure (null): it is left out of every
+estimate, never stored as NaN.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ import json
 import math
 from statistics import median
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from servingbench.measure.files import atomic_write_text
 from servingbench.measure.measurement import Measurement, MissingFigure
+from servingbench.measure.noise import Noise, side
 from servingbench.measure.stats import log_spread
 
-SCHEMA = "servingbench.rounds/1"
+SCHEMA = "servingbench.rounds/2"
+SCHEMAS = ("servingbench.rounds/1", SCHEMA)  # /1: no failure counts, no noise block
 FILENAME = "rounds.json"
 
 
@@ -65,6 +72,10 @@ class Round:
     measurement: str
     figures: dict[str, float]
     samples: dict[str, list[float]] = field(default_factory=dict)
+    requests: int | None = None  # measured requests, and how many failed (None: not recorded)
+    failed: int | None = None
+    duration_s: float | None = None  # of the load, for planning how many rounds fit in a budget
+    startup_s: float | None = None  # of the server this round ran on (None: not started by the suite)
 
     @classmethod
     def of(cls, m: Measurement, lifetime: int, index: int) -> "Round":
@@ -74,7 +85,9 @@ class Round:
                 figures[g.name] = m.require_valid(g.name).value(g.name)  # an invalid round has none
             except MissingFigure:
                 figures[g.name] = math.nan
-        return cls(m.config_name, lifetime, index, m.key, figures, request_samples(m))
+        return cls(m.config_name, lifetime, index, m.key, figures, request_samples(m),
+                   requests=m.metrics.completed + m.metrics.failed, failed=m.metrics.failed,
+                   duration_s=m.metrics.duration, startup_s=m.server_startup_s)
 
 
 @dataclass
@@ -88,6 +101,13 @@ class RoundsFile:
 
     def of(self, config: str) -> list[Round]:
         return [r for r in self.rounds if r.config == config]
+
+    def configs(self) -> list[str]:
+        return list(dict.fromkeys(r.config for r in self.rounds))
+
+    def noise(self) -> dict[str, dict[str, Noise]]:
+        """config -> metric -> the random-effects estimates over this file's lifetimes (invalid rounds left out)."""
+        return {c: {g.name: Noise.of(side(by_lifetime(self.of(c), g.name))) for g in GATED} for c in self.configs()}
 
     def spread(self) -> dict[str, dict[str, float]]:
         """config -> metric -> sample std of log(round figure): restart-to-restart spread included."""
@@ -107,9 +127,11 @@ class RoundsFile:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        noise = {c: {m: {**n.to_dict(), "lifetime_share": n.lifetime_share(n.r_ref) if n.dz > 0 else None}
+                     for m, n in per.items()} for c, per in self.noise().items()}
         return {"schema": SCHEMA, "created_at": self.created_at, "provenance": self.provenance,
                 "workloads": self.workloads, "metrics": [asdict(g) for g in GATED],
-                "spread": self.spread(), "medians": self.medians(),
+                "noise": noise, "spread": self.spread(), "medians": self.medians(),
                 "rounds": [asdict(r) for r in self.rounds]}
 
     def save(self, folder: Path) -> Path:
@@ -126,11 +148,32 @@ class RoundsFile:
     @classmethod
     def load(cls, path: Path) -> "RoundsFile":
         data = json.loads(path.read_text())
-        if data.get("schema") != SCHEMA:
+        if data.get("schema") not in SCHEMAS:
             raise ValueError(f"{path}: not a servingbench rounds file (schema {data.get('schema')!r})")
         rounds = [Round(**{**r, "figures": {k: (math.nan if v is None else v) for k, v in r["figures"].items()}})
                   for r in data["rounds"]]
+        if data["schema"] == SCHEMAS[0]:
+            rounds = [_v1_failures(r, data["workloads"].get(r.config) or {}) for r in rounds]
         return cls(data["provenance"], data["workloads"], rounds, data.get("created_at", 0.0))
+
+
+def by_lifetime(rounds: list[Round], metric: str) -> list[list[float]]:
+    """A metric's figures, one list per lifetime in the order the lifetimes ran; NaN where a round had none."""
+    out: dict[int, list[float]] = {}
+    for r in rounds:
+        out.setdefault(r.lifetime, []).append(r.figures.get(metric, math.nan))
+    return [out[k] for k in sorted(out)]
+
+
+def _v1_failures(r: Round, workload: dict[str, Any]) -> Round:
+    """A /1 round's failure counts: its samples are of successful requests only, so the failures are the
+    workload's requests less the E2EL samples (a conversation workload's count is not its num_requests: unknown)."""
+    n = workload.get("num_requests")
+    if (r.requests is not None or not isinstance(n, int) or workload.get("kind") == "conversation"
+            or "e2el" not in r.samples):
+        return r
+    ok = len(r.samples["e2el"])
+    return replace(r, requests=max(n, ok), failed=max(0, n - ok))
 
 
 def _finite(o: Any) -> Any:
