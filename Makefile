@@ -25,7 +25,10 @@ test: setup
 BASELINE_NAME ?= baseline
 BASELINE_TESTS ?= perf/test_baselines.py
 
-.PHONY: baselines compare compare-benchmark
+.PHONY: baselines calibrate compare compare-benchmark
+calibrate: setup
+	$(PY) -m servingbench.cli calibrate $(ARGS)
+
 baselines: setup
 	$(PY) -m pytest perf/test_baselines.py --benchmark-save=$(BASELINE_NAME) $(ARGS)
 
