@@ -35,7 +35,8 @@ from scipy import stats
 from servingbench.measure.noise import Noise, design_mdr, side
 from servingbench.measure.stats import log_spread
 from servingbench.suite.gate import DEFAULT_LIFETIMES as GATE_LIFETIMES, MIN_EFFECT, POWER, alpha_per_test
-from servingbench.suite.rounds import GATED, Round, RoundsFile, by_lifetime
+from servingbench.measure.files import atomic_write_text
+from servingbench.suite.rounds import FILENAME, GATED, Round, RoundsFile, by_lifetime
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
 from servingbench.suite.thresholds import load_table
@@ -129,6 +130,12 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
     rounds: list[Round] = []
     singles: dict[str, list[float]] = {}  # single-stream throughput, once per lifetime: batch efficiency's denominator
     workloads = {}
+    partial = Path(results) / "partial"  # every round so far, rewritten as each completes: a late failure loses none
+
+    def keep(round_: Round) -> None:
+        rounds.append(round_)
+        RoundsFile(settings.provenance(), workloads, rounds).save(partial)
+
     try:
         for lifetime in range(opts.lifetimes):
             for config in opts.configs:
@@ -136,12 +143,16 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
                 workloads[config] = workload.to_dict()
                 for i in range(opts.rounds):
                     m = bench.measure(config, workload, round=lifetime * opts.rounds + i)
-                    rounds.append(Round.of(m, lifetime, i))
+                    keep(Round.of(m, lifetime, i))
                     log(f"calibrate: {config} lifetime {lifetime} round {i}: "
                         + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].figures.items()))
                 single = bench.measure(config, single_stream(workload), round=lifetime)
                 singles.setdefault(config, []).append(single.value("output_throughput"))
                 bench.pool.stop()  # the next lifetime starts a fresh server
+    except BaseException:
+        if rounds:
+            log(f"calibrate: stopped after {len(rounds)} round(s); they are kept in {partial / FILENAME}")
+        raise
     finally:
         bench.close()
     efficiency = {}
@@ -223,5 +234,11 @@ def write_rows(table: Path, key: str, model: str, rows: str) -> None:
     block = f"{start}\n{rows}{end}\n"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    table.write_text(text)
-    load_table(table)  # what was written must parse, with everything else in the table
+    # checked before the table is touched: the new text, beside the table (its relative paths resolve the same)
+    trial = table.with_name(f".{table.name}.proposed")
+    try:
+        trial.write_text(text)
+        load_table(trial)
+    finally:
+        trial.unlink(missing_ok=True)
+    atomic_write_text(table.resolve(), text)  # through a symlinked copy to the file itself
