@@ -149,3 +149,22 @@ def test_what_it_would_take_when_a_goal_is_missed() -> None:
     report = GateReport("vllm", "stored baseline x", 3, vs, lifetimes=1, alpha=alpha_per_test(2), notes=lines)
     assert "each test one-sided at 0.00278" in report.table() and "note: output_throughput" in report.table()
     assert report.to_dict()["alpha_per_test"] == pytest.approx(0.05 / 18)
+
+
+def test_the_gate_reads_itl_as_the_report_does() -> None:
+    """#28 item 8: zero gaps (two chunks in one socket read) count in the gate's ITL as in ``median_itl_ms``."""
+    from servingbench.measure.measurement import Measurement
+    from servingbench.measure.metrics import compute_metrics
+    from servingbench.measure.records import RequestRecord
+    from servingbench.measure.telemetry import TelemetrySummary
+    from servingbench.suite.rounds import Round, request_samples
+
+    # each request's chunks: two land together (gap 0), then 10 ms apart
+    recs = [RequestRecord(f"r{i}", 4, 5, start=i, chunk_times=[i + 0.1, i + 0.1, i + 0.1, i + 0.11, i + 0.12],
+                          output_tokens=5) for i in range(3)]
+    m = Measurement("k", "vllm", "vllm", {}, {}, compute_metrics(recs, 3.0), TelemetrySummary(), recs, 0.0)
+    samples = request_samples(m)
+    assert len(samples["itl"]) == 12 and samples["itl"].count(0.0) == 6
+    report = m.value("median_itl_ms")
+    assert Round.of(m, 0, 0).figures["median_itl_ms"] == report
+    assert float(np.median(samples["itl"])) == pytest.approx(report, abs=1e-3)
