@@ -98,7 +98,20 @@ def live(args: argparse.Namespace) -> int:
                 lt, seen[s] = seen[s], seen[s] + 1
                 sides[s].extend(one_round(server, "AB"[s], seed0 + 100 * k + i, lt, i) for i in range(args.rounds))
         raw.append({"a": [asdict(r) for r in sides[0]], "b": [asdict(r) for r in sides[1]]})
-        return [v.to_dict() for v in verdicts(sides[0], sides[1], configs=1)]
+        judged = [v.to_dict() for v in verdicts(sides[0], sides[1], configs=1)]
+        raw[-1]["verdicts"] = judged
+        save()  # every pair is kept as it completes: a later failure loses nothing measured
+        flagged = [v["metric"] for v in judged if v["status"] == "regressed"]
+        print(f"pair delay {delay_ms:.2f} ms ({time.time() - report['started_at']:.0f} s): "
+              f"regressed {flagged or 'none'}", flush=True)
+        return judged
+
+    def save() -> None:
+        report["seconds"] = time.time() - report["started_at"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(args.out)
 
     def summarize(pairs: list[list[dict]]) -> dict[str, dict[str, float]]:
         out = {}
@@ -123,9 +136,7 @@ def live(args: argparse.Namespace) -> int:
         runs = [pair(s * step_ms, 10**5 * (k + 1) + int(s * 1000), raw) for k in range(args.pairs)]
         report["slowdowns"][f"{s:.0%}"] = {"delay_ms": s * step_ms, "pairs": len(runs), "rates": summarize(runs)}
         print(f"slowdown {s:.0%}: " + json.dumps(report["slowdowns"][f"{s:.0%}"]["rates"]), flush=True)
-    report["seconds"] = time.time() - report["started_at"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save()
     print(f"written: {args.out} ({report['seconds']:.0f} s)")
     return 0
 
