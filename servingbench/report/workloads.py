@@ -39,10 +39,12 @@ def capacity_sentence(cap: Row) -> str:
     """The search's capacity, the SLO, and how the search bounded it."""
     pts, rps, slo = cap["points"], cap["capacity_rps"], slo_text(cap.get("slo") or {})
     bound = cap["bounded_by"]
+    bad = min((p for p in pts if p.get("invalid")), key=lambda p: p["rate"], default=None)
+    where = f" at {bad['rate']:g} req/s: " + "; ".join(bad["invalid"]) if bad else ""
     if bound == "invalid":
-        bad = next((p for p in pts if p.get("invalid")), None)
-        where = f" at {bad['rate']:g} req/s: " + "; ".join(bad["invalid"]) if bad else ""
-        return f"no capacity under {slo}: the search stopped on an invalid run{where}"
+        return f"no capacity under {slo}: the lowest rate's run was invalid{where}"
+    if bound == "client":
+        return f"capacity {rps:g} req/s under {slo} (at least: the client could not offer more{where})"
     if bound == "top":
         return f"capacity {rps:g} req/s under {slo} (at least: every swept rate met it)"
     if bound == "bottom":

@@ -3,9 +3,16 @@
 A bounded search over the workload's ``rates`` (ascending): every listed rate up to the first that misses, then
 ``capacity_steps`` bisections (geometric) between the last rate that met the SLO and the first that did not.
 Each point is one measurement of the session (cached like any other), so a rate's figures and the curve of goodput
-against offered rate come from the same runs. A run whose preconditions broke (the client fell behind its
-schedule) is not a miss of the server: the search stops there, the curve keeps every point measured with the
-invalid one and its reasons (``bounded_by = "invalid"``), and the capacity figure is missing, with the reason.
+against offered rate come from the same runs.
+
+A run whose preconditions broke (the client fell behind its schedule) is not a miss of the server: it is not
+judged, and the rates from it up are out of the client's reach on this machine. The search goes on below it, so
+the capacity is then known only from below (``bounded_by = "client"``: at least the highest rate that met the
+SLO). That answers a ``min`` bound, which is what capacity is asserted with; a ``max`` bound or a ratio stays
+undecided, as with ``top``. On a 2-core box the client shares the cores with vLLM's CPU engine, which keeps 1.8
+of them busy near its capacity: one CI run fell behind at 8 req/s (p90 138 ms late) after 16 req/s had been
+valid, so a search that stopped there left a table with no figure. Only when the lowest rate is invalid is there
+no figure (``bounded_by = "invalid"``).
 """
 
 from __future__ import annotations
@@ -34,29 +41,43 @@ class RatePoint:
 
 
 # How a search ended: between a met and a missed rate; every rate met (capacity at least the top); the lowest rate
-# missed; or a run that broke its preconditions stopped it (no capacity figure).
-BOUNDED_BY = ("search", "top", "bottom", "invalid")
+# missed; below a rate the client could not offer (at least the highest met); or the lowest rate invalid (no figure).
+BOUNDED_BY = ("search", "top", "bottom", "client", "invalid")
+AT_LEAST = ("top", "client")  # the capacity is a lower bound only
 
 
 @dataclass
 class Capacity:
-    capacity_rps: float | None  # 0.0 when even the lowest rate missed; None when an invalid run stopped the search
+    capacity_rps: float | None  # 0.0 when even the lowest rate missed; None when the lowest rate was invalid
     bounded_by: str  # one of BOUNDED_BY
     slo: dict[str, float | None]
     points: list[RatePoint] = field(default_factory=list)
 
     @property
     def stopped_by(self) -> RatePoint | None:
-        """The invalid run that stopped the search, if one did."""
-        return next((p for p in self.points if p.invalid), None)
+        """The lowest invalid run: the rate from which the client could not offer the load, if one could not."""
+        return min((p for p in self.points if p.invalid), key=lambda p: p.rate, default=None)
 
-    def figure(self) -> float:
-        """The capacity, or MissingFigure naming the invalid run that left the search without one."""
+    @property
+    def at_least(self) -> bool:
+        """True when the capacity is known only from below (every rate met, or the client could go no higher)."""
+        return self.bounded_by in AT_LEAST
+
+    def figure(self, lower_bound_decides: bool = True) -> float:
+        """The capacity, or MissingFigure where the search has none or where a lower bound cannot decide.
+
+        ``lower_bound_decides``: False for a check that a lower bound cannot settle (a ``max`` it does not exceed,
+        a ratio); then a capacity known only from below is missing, with the reason."""
         bad = self.stopped_by
-        if bad is not None:
-            raise MissingFigure(f"capacity_rps: the run at {bad.rate:g} req/s is invalid, so the search cannot go "
-                                "on: " + "; ".join(bad.invalid))
-        assert self.capacity_rps is not None, "only an invalid run leaves a search without a capacity"
+        if self.capacity_rps is None:
+            assert bad is not None, "only an invalid lowest rate leaves a search without a capacity"
+            raise MissingFigure(f"capacity_rps: the run at the lowest rate, {bad.rate:g} req/s, is invalid, so the "
+                                "search has no capacity: " + "; ".join(bad.invalid))
+        if self.at_least and not lower_bound_decides:
+            why = (f"the client could not offer {bad.rate:g} req/s on this machine ({'; '.join(bad.invalid)})"
+                   if bad is not None and self.bounded_by == "client" else "every swept rate met the SLO")
+            raise MissingFigure(f"capacity_rps: known only to be at least {self.capacity_rps:g} req/s, since {why}; "
+                                "a maximum or a ratio needs the capacity itself")
         return self.capacity_rps
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,39 +102,41 @@ def find_capacity(workload: Workload, measure: Callable[[Workload], Measurement]
         raise MissingFigure(f"capacity_rps: workload {workload.name!r} has no rates to sweep")
     slo = SLO(ttft_ms=workload.slo_ttft_ms, tpot_ms=workload.slo_tpot_ms)
     points: list[RatePoint] = []
+    slo_d = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms}
 
-    class Stopped(Exception):
-        """An invalid run: the search ends with the points measured so far."""
-
-    def at(rate: float) -> bool:
+    def at(rate: float) -> bool | None:
         p = point(measure(workload.at_rate(rate)), rate, slo)
         points.append(p)
-        if p.meets is None:
-            raise Stopped
         return p.meets
 
     met: float | None = None
-    missed: float | None = None
-    slo_d = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms}
-    try:
-        for rate in workload.rates:
-            if at(rate):
-                met = rate
-            else:
-                missed = rate
-                break
-        if missed is None:
-            return Capacity(float(met or 0.0), "top", slo_d, points)
-        if met is None:
-            return Capacity(0.0, "bottom", slo_d, points)
-        for _ in range(workload.capacity_steps):
-            mid = round(math.sqrt(met * missed), 3)
-            if not met < mid < missed:
-                break
-            if at(mid):
-                met = mid
-            else:
-                missed = mid
-    except Stopped:
-        return Capacity(None, "invalid", slo_d, points)
-    return Capacity(float(met), "search", slo_d, points)
+    missed: float | None = None  # lowest rate that missed the SLO
+    unreachable: float | None = None  # lowest rate the client could not offer (an invalid run)
+    for rate in workload.rates:
+        verdict = at(rate)
+        if verdict is None:
+            unreachable = rate
+            break
+        if not verdict:
+            missed = rate
+            break
+        met = rate
+    if met is None:  # the lowest rate missed, or was invalid
+        return Capacity(0.0 if missed is not None else None, "bottom" if missed is not None else "invalid", slo_d,
+                        points)
+    if missed is None and unreachable is None:
+        return Capacity(float(met), "top", slo_d, points)
+    for _ in range(workload.capacity_steps):
+        upper = min(x for x in (missed, unreachable) if x is not None)
+        mid = round(math.sqrt(met * upper), 3)
+        if not met < mid < upper:
+            break
+        verdict = at(mid)
+        if verdict is None:
+            unreachable = mid
+        elif verdict:
+            met = mid
+        else:
+            missed = mid
+    by_miss = missed is not None and (unreachable is None or missed <= unreachable)
+    return Capacity(float(met), "search" if by_miss else "client", slo_d, points)

@@ -254,7 +254,9 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
             cap = find_capacity(workload, lambda w: measure(config, w))
             if on_capacity is not None:  # saved first: an invalid run's curve is kept, then the figure is missing
                 on_capacity(config, workload, cap)
-            return cap.figure()
+            # a capacity known only from below settles a min, and a max it already exceeds; never a ratio
+            exceeds = bound.max is not None and cap.capacity_rps is not None and cap.capacity_rps > bound.max
+            return cap.figure(lower_bound_decides=not bound.ratio_over and (bound.max is None or exceeds))
         if metric == "single_stream_mbu":
             return mbu(valid(config, single_stream(workload)))
         if metric == "mbu":

@@ -9,6 +9,10 @@ noise of p99s over tens of requests: comparing it with the bracket's lower edge 
 sweep found 11.3 req/s, inside what c8 and c16 allowed. Where the bracket had a top, the rate sweep sat just above
 it (1.13x and 1.27x in two runs): a closed loop of three waves spends part of its run filling and draining, which
 lowers its throughput.
+
+On the Zen 3 CI machine the open loop fell behind its schedule at 8 req/s (p90 138 ms late) beside the engine; the
+search then goes on below that rate and the capacity is a lower bound (``bounded_by = "client"``), which the
+table's ``min`` bound still decides. The test holds such a capacity to what the client could reach.
 """
 
 from __future__ import annotations
@@ -79,9 +83,18 @@ def test_rate_sweep_capacity_agrees_with_the_concurrency_sweep(run: dict[str, An
               f"[{low:.2f}, {high if high is None else round(high, 2)}]; closed {closed}; points {points}"
     print(summary)
     for p in cap["points"]:  # each verdict follows from the point's own figures, whatever path the search took
-        assert p["meets"] == (p["failed"] == 0 and p["p99_ttft_ms"] <= SLO_TTFT_MS
-                              and p["p99_tpot_ms"] <= SLO_TPOT_MS), (p, summary)
-    assert cap["bounded_by"] == "search", summary  # the SLO binds inside the swept rates
-    assert cap["capacity_rps"] >= 0.4 * low, summary
+        judged = None if p["invalid"] else (p["failed"] == 0 and p["p99_ttft_ms"] <= SLO_TTFT_MS
+                                           and p["p99_tpot_ms"] <= SLO_TPOT_MS)  # an invalid run is not judged
+        assert p["meets"] == judged, (p, summary)
+    # the SLO binds inside the swept rates, or the client's reach does: beside vLLM's engine on 2 shared cores the
+    # open loop can fall behind its schedule near capacity (a CI run at 8 req/s, p90 138 ms late)
+    assert cap["bounded_by"] in ("search", "client"), summary
+    reach = low
+    if cap["bounded_by"] == "client":  # known from below: the lowest invalid run is the client's, above the capacity
+        bad = min((p for p in cap["points"] if p["invalid"]), key=lambda p: p["rate"])
+        assert bad["rate"] > cap["capacity_rps"] and bad["meets"] is None, summary
+        assert all(r.startswith(("behind schedule", "client saturated")) for r in bad["invalid"]), summary
+        reach = min(low, bad["rate"])
+    assert cap["capacity_rps"] >= 0.4 * reach, summary
     if high is not None:  # with every level meeting the SLO the closed sweep has no upper edge to hold it to
         assert cap["capacity_rps"] <= 1.5 * high, summary

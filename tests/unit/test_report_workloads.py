@@ -109,12 +109,16 @@ def test_read_capacity_rejects_malformed_files(tmp_path: Path) -> None:
 def test_a_search_stopped_by_an_invalid_run_reads_with_its_reason(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     bad = {**point(8, 6.5, 6.0, 300.0, 54.0, None), "invalid": ["behind schedule: p90 161 ms > 100 ms"]}  # type: ignore[arg-type]
-    path.write_text(json.dumps(capacity("vllm", "cap", None, "invalid", [point(4, 3.9, 3.9, 200.0, 30.0, True), bad])))  # type: ignore[arg-type]
+    path.write_text(json.dumps(capacity("vllm", "cap", 4.0, "client", [point(4, 3.9, 3.9, 200.0, 30.0, True), bad])))  # type: ignore[arg-type]
     cap = read_capacity(path)
     assert [(p["rate"], p["meets"], p["invalid"]) for p in cap["points"]] == [
         (4, True, []), (8, None, ["behind schedule: p90 161 ms > 100 ms"])]
-    assert capacity_sentence(cap) == ("no capacity under p99 TTFT <= 1000 ms and TPOT <= 50 ms: the search stopped "
-                                      "on an invalid run at 8 req/s: behind schedule: p90 161 ms > 100 ms")
+    assert capacity_sentence(cap) == ("capacity 4 req/s under p99 TTFT <= 1000 ms and TPOT <= 50 ms (at least: the "
+                                      "client could not offer more at 8 req/s: behind schedule: p90 161 ms > 100 ms)")
+    path.write_text(json.dumps(capacity("vllm", "cap", None, "invalid", [bad])))  # type: ignore[arg-type]
+    assert capacity_sentence(read_capacity(path)) == (
+        "no capacity under p99 TTFT <= 1000 ms and TPOT <= 50 ms: the lowest rate's run was invalid at 8 req/s: "
+        "behind schedule: p90 161 ms > 100 ms")
     path.write_text(json.dumps(capacity("vllm", "cap", None, "search", [point(4, 3.9, 3.9, 200.0, 30.0, True)])))  # type: ignore[arg-type]
     try:
         read_capacity(path)

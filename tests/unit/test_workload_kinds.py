@@ -19,7 +19,8 @@ from servingbench.measure.measurement import InvalidRun, Measurement, MissingFig
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.capacity import find_capacity
+from servingbench.suite.capacity import Capacity, find_capacity
+from servingbench.suite.thresholds import Bound, check
 from servingbench.suite.workload_figures import token_count_notes
 
 
@@ -232,30 +233,83 @@ def test_capacity_search_bisects_between_met_and_missed() -> None:
     assert (bottom.capacity_rps, bottom.bounded_by) == (0.0, "bottom")
 
 
-def test_an_invalid_run_ends_the_search_with_its_points_kept_and_no_figure() -> None:
-    """Whichever point of the search is invalid, the curve keeps every point measured up to it, that point is not
-    judged, and the figure is missing with the rate and the reason."""
-    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
-    for bad_at in range(6):  # the 3 swept rates, then the 3 bisections
-        seen: list[float] = []
+LATE = "behind schedule: the open-loop client sent requests late"
 
-        def measure(x: Workload) -> Measurement:
-            m = _measurement_at(x.request_rate, capacity=6.0)
-            if len(seen) == bad_at:
-                m.invalid = ["behind schedule: the open-loop client sent requests late"]
-            seen.append(x.request_rate)
+
+def _search_with_invalid(bad_at: int, capacity: float = 6.0) -> tuple[Capacity, list[float]]:
+    """The search of rates 1, 4, 16 with 3 bisections, where the ``bad_at``-th run is invalid (client late)."""
+    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
+    seen: list[float] = []
+
+    def measure(x: Workload) -> Measurement:
+        m = _measurement_at(x.request_rate, capacity)
+        if len(seen) == bad_at:
+            m.invalid = [LATE]
+        seen.append(x.request_rate)
+        return m
+
+    return find_capacity(w, measure), seen
+
+
+def test_an_invalid_run_caps_the_search_which_goes_on_below_it() -> None:
+    """Whichever run of the search is invalid, it is kept unjudged with its reason, and no rate at or above it is
+    judged afterwards; the capacity is the highest rate met below the lowest miss and the lowest invalid rate, never
+    above the true capacity (6 req/s); it is a lower bound ("client") unless a miss below the invalid rate closed
+    the search ("search"). Expected per position, by hand: 1 invalid -> no figure; 4 -> 1, 2, 2.828, 3.363 met;
+    16 -> 8 missed, so the usual 5.657; 8 -> 5.657 met, 6.727 missed; 5.657 -> 4.757 met; 6.727 -> 5.657."""
+    expected = {0: (None, "invalid"), 1: (3.363, "client"), 2: (5.657, "search"), 3: (5.657, "search"),
+                4: (4.757, "client"), 5: (5.657, "client")}
+    for bad_at, (rps, by) in expected.items():
+        cap, seen = _search_with_invalid(bad_at)
+        assert (cap.capacity_rps, cap.bounded_by) == (rps, by), (bad_at, seen, cap)
+        assert [p.rate for p in cap.points] == seen
+        bad = cap.points[bad_at]
+        assert bad.meets is None and bad.invalid == (LATE,) and cap.stopped_by is bad
+        assert all(p.meets is not None for i, p in enumerate(cap.points) if i != bad_at)
+        assert all(p.rate < bad.rate for p in cap.points[bad_at + 1:]), (bad_at, seen)
+        if rps is not None:
+            assert rps <= 6.0 and all(p.meets for p in cap.points if p.rate <= rps)
+        saved = {p["rate"]: p for p in cap.to_dict()["points"]}
+        assert saved[bad.rate]["invalid"] == [LATE] and saved[bad.rate]["meets"] is None
+
+
+def test_a_capacity_known_from_below_decides_a_min_and_an_exceeded_max_only() -> None:
+    client, _ = _search_with_invalid(4)  # at least 4.757 req/s
+    assert client.at_least and client.figure() == 4.757
+    with pytest.raises(MissingFigure, match=r"at least 4\.757 req/s, since the client could not offer 5\.657 "
+                                            r"req/s on this machine \(behind schedule"):
+        client.figure(lower_bound_decides=False)
+    top = find_capacity(Workload("s", 10, None, rates=(1.0, 4.0), slo_ttft_ms=500.0),
+                        lambda x: _measurement_at(x.request_rate, 100.0))
+    with pytest.raises(MissingFigure, match="at least 4 req/s, since every swept rate met the SLO"):
+        top.figure(lower_bound_decides=False)
+    none, _ = _search_with_invalid(0)
+    with pytest.raises(MissingFigure, match=r"the run at the lowest rate, 1 req/s, is invalid.*behind schedule"):
+        none.figure()
+    searched, _ = _search_with_invalid(3)
+    assert not searched.at_least and searched.figure(lower_bound_decides=False) == 5.657
+
+    # through the table's check: a min is settled by the lower bound; a max only once the lower bound exceeds it
+    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
+
+    def verdict(lo: float | None, hi: float | None) -> str | None:
+        calls: list[float] = []
+
+        def measure(config: str, x: Workload) -> Measurement:
+            m = _measurement_at(x.request_rate, 6.0)
+            if len(calls) == 4:
+                m.invalid = [LATE]
+            calls.append(x.request_rate)
             return m
 
-        cap = find_capacity(w, measure)
-        assert cap.bounded_by == "invalid" and cap.capacity_rps is None, (bad_at, cap)
-        assert [p.rate for p in cap.points] == seen and len(seen) == bad_at + 1
-        assert [p.meets is None for p in cap.points] == [False] * bad_at + [True]
-        assert cap.stopped_by is cap.points[-1]
-        saved = {p["rate"]: p for p in cap.to_dict()["points"]}
-        assert saved[seen[-1]]["invalid"] == ["behind schedule: the open-loop client sent requests late"]
-        assert saved[seen[-1]]["meets"] is None and all(saved[r]["invalid"] == [] for r in seen[:-1])
-        with pytest.raises(MissingFigure, match=f"the run at {seen[-1]:g} req/s is invalid.*behind schedule"):
-            cap.figure()
+        b = Bound("any-cpu", "*", "vllm", "capacity_rps", lo, hi, "s", "test", "t.toml:1")
+        return check(b, measure, lambda config: w)
+
+    assert verdict(4.0, None) is None
+    assert "capacity_rps = 4.757, expected >= 5" in (verdict(5.0, None) or "")  # a lower bound below a min fails
+    assert "no value to check against <= 10" in (verdict(None, 10.0) or "")  # undecided: missing, never a pass
+    assert "capacity_rps = 4.757, expected <= 4" in (verdict(None, 4.0) or "")  # already above the max: fails
+
 
 
 # -- #18 item 9: a memory bound that does not read back the suite's own setting -------------------------------
