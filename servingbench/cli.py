@@ -4,6 +4,7 @@
     servingbench serve-hf --model DIR [--port 8000] ...   the HF Transformers baseline, OpenAI API
     servingbench report RESULTS_DIR [...] -o OUT          the performance report (Markdown, PNG, HTML)
     servingbench calibrate [--gpu] [--rounds 3 --lifetimes 6]   lifetimes of rounds, noise, proposed table rows
+    servingbench gate BASELINE... -- CURRENT...           the regression gate over saved runs (vllm bench files too)
 """
 
 from __future__ import annotations
@@ -136,10 +137,49 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_gate_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = subparsers.add_parser(
+        "gate", help="the regression gate over saved runs: BASELINE... -- CURRENT...",
+        description="The verdict table of `make compare` over runs saved elsewhere, one file one round: vllm bench "
+                    "serve results (--save-result --save-detailed), this suite's results folders or measurement "
+                    "files, and rounds.json files. PATH@N marks files that ran on one server lifetime (same N). "
+                    "Exit status: 0 no regression, 1 a regression, 2 input it cannot judge.",
+        usage="servingbench gate [--config NAME] [--json FILE] BASELINE... -- CURRENT...")
+    p.add_argument("--config", default="vllm", help="the config whose rounds a rounds.json gives, and the name the "
+                                                    "verdicts carry (default vllm)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the verdicts here as JSON")
+    p.add_argument("runs", nargs=argparse.REMAINDER, help="BASELINE... -- CURRENT...")
+    p.set_defaults(handler=cmd_gate)
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from servingbench.suite.saved_runs import SavedRunError, gate_saved
+
+    runs = list(args.runs)
+    if runs.count("--") != 1 or runs.index("--") in (0, len(runs) - 1):
+        print("servingbench gate: error: give the baseline's saved runs, then --, then the current ones: "
+              "servingbench gate BASE1.json BASE2.json -- CUR1.json CUR2.json", file=sys.stderr)
+        return 2
+    cut = runs.index("--")
+    try:
+        report = gate_saved(runs[:cut], runs[cut + 1:], config=args.config)
+    except (SavedRunError, ValueError) as e:
+        print(f"servingbench gate: error: {e}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, default=str))
+    return 1 if report.regressed else 0
+
+
 SUBCOMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     add_serve_hf_parser,
     add_report_parser,
     add_calibrate_parser,
+    add_gate_parser,
 ]
 
 

@@ -7,6 +7,11 @@ opening chunk, which a server may send before any token exists (vLLM sends it wi
 changes nothing there; the HF baseline sends it at once).
 A stream that ends without ``[DONE]`` or carries a line that is not JSON is a failure with a reason.
 
+Reasoning models stream their reasoning before the answer, in ``delta.reasoning`` (vLLM now) or
+``delta.reasoning_content`` (older vLLM, other servers). Those chunks are tokens like any other, so TTFT is the
+first of them; ignoring them made TTFT wrong or missing in another client (inference-perf issue #559). The record
+also keeps the first chunk with answer text (``first_answer_at``, TTFAT) and how many chunks were reasoning.
+
 The body is read in blocks (whatever the socket delivered, ``iter_any``), not line by line: aiohttp's
 ``readline`` costs two awaits and its flow-control bookkeeping per line. Against a peer that streams flat out
 that was 8-10 us of CPU per chunk, in blocks 4-6 us, vLLM's own benchmark client 5.5-6.7 us
@@ -43,7 +48,7 @@ def chunk_content(data: dict[str, Any], chat: bool) -> str | None:
     choice = choices[0]
     if chat:
         delta = choice.get("delta") or {}
-        text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+        text = (delta.get("content") or "") + (delta.get("reasoning") or delta.get("reasoning_content") or "")
         if not text and "role" in delta and choice.get("finish_reason") is None:
             return None
         return text
@@ -51,6 +56,17 @@ def chunk_content(data: dict[str, Any], chat: bool) -> str | None:
     if text is None:
         return "" if "text" in choice else None
     return text
+
+
+def answer_started(data: dict[str, Any], chat: bool, record: RequestRecord) -> bool:
+    """For a token chunk with text: count it as reasoning where it carries some, and say whether it carries answer
+    text (a completions chunk always does: that endpoint has no reasoning field)."""
+    if not chat:
+        return True
+    delta = data["choices"][0].get("delta") or {}
+    if delta.get("reasoning") or delta.get("reasoning_content"):
+        record.reasoning_chunks += 1
+    return bool(delta.get("content"))
 
 
 def _blocks(stream: Any) -> AsyncIterable[bytes]:
@@ -113,6 +129,8 @@ async def read_stream(stream: Any, record: RequestRecord, chat: bool) -> None:
                 if text is not None:
                     times.append(now)
                     parts.append(text)
+                    if text and answer_started(data, chat, record) and record.first_answer_at is None:
+                        record.first_answer_at = now
                 usage = data.get("usage")
                 if isinstance(usage, dict):
                     if usage.get("completion_tokens") is not None:

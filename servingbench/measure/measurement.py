@@ -40,6 +40,7 @@ TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", 
 
 # Figures a workload kind adds (suite/workload_figures.py): a run without them has them missing, not unknown
 _TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
+_REASONING_FIGURES = {"median_ttfat_ms", "p99_ttfat_ms", "unanswered_requests", "mean_reasoning_chunks"}
 _PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits",
                    "expected_prefix_hit_rate_low", "expected_prefix_hit_rate_high"}
 
@@ -58,6 +59,11 @@ def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str |
                 "server, /metrics unreachable, or a workload kind that does not read them: only conversation and "
                 "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
                 + ")")
+    if name in _REASONING_FIGURES:
+        if not any(r.reasoning_chunks for r in records if r.success):
+            return (f"{name}: no stream carried reasoning (delta.reasoning or reasoning_content), so TTFT is "
+                    "already the time to the first answer token; bound median_ttft_ms instead")
+        return f"{name}: no request reached its answer past the reasoning; raise the workload's output_len"
     return None
 
 
@@ -76,6 +82,7 @@ class Measurement:
     started_at: float
     server_startup_s: float | None = None
     server_url: str = ""
+    server_started_at: float | None = None  # wall clock of the server's launch: which lifetime ran it (None: unknown)
     memory_total_gib: float = 0.0  # host RAM, for CPU memory utilization
     kv_cache: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -158,6 +165,7 @@ class Measurement:
             "key": self.key, "engine": self.engine, "config_name": self.config_name, "config": self.config,
             "workload": self.workload, "telemetry": self.telemetry.to_dict(), "started_at": self.started_at,
             "server_startup_s": self.server_startup_s, "server_url": self.server_url,
+            "server_started_at": self.server_started_at,
             "memory_total_gib": self.memory_total_gib, "kv_cache": self.kv_cache, "warnings": self.warnings,
             "environment": self.environment, "loop_lag_ms_p99": self.loop_lag_ms_p99,
             "invalid": self.invalid, "figures": self.figures,
@@ -179,7 +187,7 @@ def measurement_from_dict(d: dict[str, Any]) -> Measurement:
         key=d["key"], engine=d["engine"], config_name=d["config_name"], config=d["config"], workload=d["workload"],
         metrics=compute_metrics(records, d["duration"]), telemetry=TelemetrySummary(**d["telemetry"]),
         records=records, started_at=d["started_at"], server_startup_s=d.get("server_startup_s"),
-        server_url=d.get("server_url", ""), memory_total_gib=d.get("memory_total_gib", 0.0),
+        server_url=d.get("server_url", ""), server_started_at=d.get("server_started_at"), memory_total_gib=d.get("memory_total_gib", 0.0),
         kv_cache=d.get("kv_cache", {}), warnings=d.get("warnings", []), environment=d.get("environment", {}),
         loop_lag_ms_p99=d.get("loop_lag_ms_p99", 0.0), invalid=d.get("invalid", []), figures=d.get("figures", {}))
 

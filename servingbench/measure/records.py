@@ -27,6 +27,8 @@ class RequestRecord:
     generated_text: str = ""
     error: str | None = None
     status: int | None = None  # HTTP status, when one was received
+    first_answer_at: float | None = None  # arrival of the first chunk with answer text (not reasoning): TTFAT
+    reasoning_chunks: int = 0  # token chunks that carried reasoning (vLLM: delta.reasoning, older reasoning_content)
 
     @property
     def success(self) -> bool:
@@ -50,6 +52,11 @@ class RequestRecord:
     @property
     def ttft(self) -> float:
         return self.chunk_times[0] - self.start
+
+    @property
+    def ttfat(self) -> float | None:
+        """Time to the first answer token: past the reasoning, where the stream had any; None before an answer."""
+        return self.first_answer_at - self.start if self.first_answer_at is not None else None
 
     @property
     def e2el(self) -> float:

@@ -152,7 +152,9 @@ def compare_lifetimes(metric: str, baseline: Sequence[Sequence[float]], current:
         se = math.sqrt(v)
         h = t_quantile(1 - alpha, df) * se
         ci_log = (diff - h, diff + h)
-        method = f"t on lifetime means, df {df:.3g}, sL {pool.sl:.1%} sr {pool.sr:.1%}"
+        split = (f"sL {pool.sl:.1%} sr {pool.sr:.1%}" if math.isfinite(pool.sl) and math.isfinite(pool.sr)
+                 else "one round a lifetime: sL and sr not told apart")
+        method = f"t on lifetime means, df {df:.3g}, {split}"
         mdr = regression_fraction(mdr_log(se, df, alpha, power, log_threshold(min_effect, higher_is_better)),
                                   higher_is_better) if with_mdr else math.nan
     else:

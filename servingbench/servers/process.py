@@ -203,6 +203,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cmd: list[str] = []
         self.startup_seconds: float | None = None
+        self.started_at: float | None = None  # wall clock of the launch: names this server lifetime in saved runs
         self.leaked: str | None = None  # set by stop() when the server outlived SIGKILL: what may be left
 
     @property
@@ -235,7 +236,7 @@ class ServerProcess:
         with open(self.log_path, "wb") as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
-            t0 = time.monotonic()
+            t0, self.started_at = time.monotonic(), time.time()
             self.proc = subprocess.Popen(die_with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         ServerProcess.live.add(self)

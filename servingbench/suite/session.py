@@ -28,7 +28,8 @@ from servingbench.load.workers import run_load_workers
 from servingbench.load.workload import ConfigError
 from servingbench.measure.files import atomic_write_json
 from servingbench.suite.capacity import CAPACITY_SCHEMA, Capacity
-from servingbench.suite.workload_figures import PrefixWatch, load_codec, token_count_notes, turn_figures
+from servingbench.suite.workload_figures import (PrefixWatch, load_codec, reasoning_figures, token_count_notes,
+                                                turn_figures)
 from servingbench.measure.measurement import Measurement, find_measurement_files, load_measurement, measurement_from_dict
 from servingbench.servers.pool import ServerPool, ServerUnavailable
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
@@ -160,11 +161,13 @@ class BenchSession:
             workload=workload.to_dict(), metrics=result.metrics(), telemetry=sampler.summary(),
             records=result.records, started_at=result.started_at,
             server_startup_s=server.startup_seconds if server else None, server_url=url,
+            server_started_at=getattr(server, "started_at", None),
             memory_total_gib=psutil.virtual_memory().total / telemetry.GIB,
             kv_cache=kv_cache_info(url, self.api_key) if config.engine == "vllm" else {}, warnings=warnings,
             environment=self.settings.provenance(),
             loop_lag_ms_p99=result.loop_lag_ms_p99, invalid=invalid)
         m.figures.update(turn_figures(result.records))
+        m.figures.update(reasoning_figures(result.records))
         if counters is not None and workload.kind in ("conversation", "shared-prefix"):
             m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
         if after is not None:

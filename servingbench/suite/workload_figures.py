@@ -3,6 +3,7 @@
 - Multi-turn chat: TTFT by turn index (``median_ttft_ms_turn1`` ...), which shows what prefix caching does to
   later turns, and the prefix-cache hit rate from the server's ``/metrics`` deltas over the measured part
   (``prefix_cache_hit_rate``) beside the range the histories imply (``expected_prefix_hit_rate_low/high``).
+- Reasoning streams: time to the first answer token past the reasoning (``median_ttfat_ms``, ``p99_ttfat_ms``).
 - Token counts: the figures use the server's ``usage``; where the client's own count (its tokenizer) disagrees,
   the measurement says so.
 """
@@ -78,6 +79,21 @@ def turn_figures(records: Sequence[RequestRecord]) -> dict[str, float]:
     if len(by_turn) > 1:
         first, last = min(by_turn), max(by_turn)
         out["ttft_last_over_first_turn"] = out[f"median_ttft_ms_turn{last}"] / out[f"median_ttft_ms_turn{first}"]
+    return out
+
+
+def reasoning_figures(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """Time to the first answer token past the reasoning (median and p99, ms), for a run whose streams carried
+    reasoning; {} for any other (its TTFT is already the first answer token). Requests whose answer never came
+    (reasoning up to max_tokens) are counted in ``unanswered_requests``, not in the times."""
+    done = [r for r in records if r.success]
+    if not any(r.reasoning_chunks for r in done):
+        return {}
+    times = [r.ttfat * 1000.0 for r in done if r.ttfat is not None]
+    out: dict[str, float] = {"unanswered_requests": float(len(done) - len(times)),
+                             "mean_reasoning_chunks": float(np.mean([r.reasoning_chunks for r in done]))}
+    if times:
+        out["median_ttfat_ms"], out["p99_ttfat_ms"] = float(np.median(times)), float(np.percentile(times, 99))
     return out
 
 
