@@ -37,6 +37,13 @@ class ConfigError(ValueError):
     """A config or workload entry that cannot be used; the message names the entry and the fix."""
 
 
+# Seconds of arrivals at each rate of a sweep. With a fixed count (40 requests) the arrivals at 16-64 req/s lasted
+# 0.6-2.5 s: the queue never reached steady state and capacity came out overstated and dependent on the count
+# (issue #28 item 7). 30 s at the rate reaches it at the rates a CPU or a GPU server holds, and a sweep of six
+# points stays minutes. num_requests is the floor (a low rate still gets enough requests for its p99).
+RATE_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -65,6 +72,7 @@ class Workload:
     slo_ttft_ms: float | None = None  # p99 TTFT and TPOT limits of the capacity search
     slo_tpot_ms: float | None = None
     capacity_steps: int = 3  # bisection steps between the last rate that met the SLO and the first that did not
+    rate_seconds: float | None = RATE_SECONDS  # a sweep's run at each rate: rate x this of arrivals (>= num_requests)
     deadline_s: float | None = None  # the run's deadline; None: derived from the workload and the request timeout
     max_schedule_lag_ms: float = 100.0
     max_queue_ms: float = 100.0
@@ -99,6 +107,9 @@ class Workload:
                 out.append(f"rates must be ascending, got {list(self.rates)}")
             if self.slo_ttft_ms is None and self.slo_tpot_ms is None:
                 out.append("a rate sweep needs an SLO: slo_ttft_ms and/or slo_tpot_ms (p99, milliseconds)")
+        if self.rate_seconds is not None and not (isinstance(self.rate_seconds, (int, float))
+                                                  and 0 < self.rate_seconds < math.inf):
+            out.append(f"rate_seconds must be a positive number of seconds (or left out), got {self.rate_seconds!r}")
         if self.client_workers is not None and (isinstance(self.client_workers, bool)
                                                 or not isinstance(self.client_workers, int) or self.client_workers < 1):
             out.append(f"client_workers must be an integer >= 1 (or left out), got {self.client_workers!r}")
@@ -209,8 +220,11 @@ class Workload:
         return dataclasses.replace(self, **changes)
 
     def at_rate(self, rate: float) -> "Workload":
-        """One point of this workload's rate sweep: open loop at ``rate``, no cap on requests in flight."""
-        return self.replace(request_rate=float(rate), rates=(), concurrency=None)
+        """One point of this workload's rate sweep: open loop at ``rate``, no cap on requests in flight, sized by
+        duration (``rate_seconds`` of arrivals, at least ``num_requests``) so that each rate runs as long."""
+        n = self.num_requests if self.rate_seconds is None else max(self.num_requests,
+                                                                     math.ceil(rate * self.rate_seconds))
+        return self.replace(request_rate=float(rate), rates=(), concurrency=None, num_requests=n)
 
     @property
     def sends_text(self) -> bool:

@@ -70,7 +70,8 @@ def _read_measurement(path: Path, notes: list[str]) -> Measurement | None:
         return None
 
 
-CAPACITY_POINT = ("rate", "request_throughput", "goodput", "p99_ttft_ms", "p99_tpot_ms", "failed", "meets", "invalid")
+CAPACITY_POINT = ("rate", "request_throughput", "goodput", "p99_ttft_ms", "p99_tpot_ms", "failed", "meets", "invalid",
+                  "requests")
 
 
 def read_capacity(path: Path) -> Row:

@@ -79,7 +79,7 @@ def capacity_section(doc: Doc, data: RunData, figs: Path) -> None:
     for cap in data.capacities:
         w = cap.get("workload") or {}
         doc.h(3, f"{cap['config_name']} · {w.get('name')} ({w.get('prompt_len')}/{w.get('output_len')} tokens)")
-        doc.p(capacity_sentence(cap))
+        doc.p(capacity_sentence(cap) + "".join(f" Note: {n}." for n in cap.get("notes") or ()))
         runs = rate_runs(cap, data.measurements)
         rows = []
         for p in cap["points"]:

@@ -38,12 +38,17 @@ class RatePoint:
     failed: int
     meets: bool | None  # None: the run was invalid, so it neither met nor missed the SLO
     invalid: tuple[str, ...] = ()  # why the run does not measure the server (generator.preconditions)
+    requests: int = 0  # measured at this rate: the p99s are over this many
 
 
 # How a search ended: between a met and a missed rate; every rate met (capacity at least the top); the lowest rate
 # missed; below a rate the client could not offer (at least the highest met); or the lowest rate invalid (no figure).
 BOUNDED_BY = ("search", "top", "bottom", "client", "invalid")
 AT_LEAST = ("top", "client")  # the capacity is a lower bound only
+# Requests at a rate below which its p99 verdict is noted as resting on near-maximum values: a p99 of n requests
+# interpolates between the top two of them only from n = 100. It is a point estimate either way; MLPerf's
+# early-stopping rule, which gives one a confidence, needs several hundred at a 1% tail.
+P99_REQUESTS = 100
 
 
 @dataclass
@@ -52,6 +57,13 @@ class Capacity:
     bounded_by: str  # one of BOUNDED_BY
     slo: dict[str, float | None]
     points: list[RatePoint] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """Where a verdict rests on a p99 of few requests: below ``P99_REQUESTS`` it is near their maximum."""
+        few = sorted(p.rate for p in self.points if p.meets is not None and p.requests < P99_REQUESTS)
+        return [f"the p99s at {', '.join(f'{r:g}' for r in few)} req/s are over fewer than {P99_REQUESTS} requests, "
+                "where a p99 is close to the maximum; raise num_requests or rate_seconds"] if few else []
 
     @property
     def stopped_by(self) -> RatePoint | None:
@@ -81,7 +93,7 @@ class Capacity:
         return self.capacity_rps
 
     def to_dict(self) -> dict[str, Any]:
-        return {"capacity_rps": self.capacity_rps, "bounded_by": self.bounded_by, "slo": self.slo,
+        return {"capacity_rps": self.capacity_rps, "bounded_by": self.bounded_by, "slo": self.slo, "notes": self.notes,
                 "points": [{**asdict(p), "invalid": list(p.invalid)}
                            for p in sorted(self.points, key=lambda p: p.rate)]}
 
@@ -93,7 +105,7 @@ def point(m: Measurement, rate: float, slo: SLO) -> RatePoint:
     meets = (metrics.failed == 0 and metrics.completed > 0
              and (slo.ttft_ms is None or ttft <= slo.ttft_ms) and (slo.tpot_ms is None or tpot <= slo.tpot_ms))
     return RatePoint(rate, metrics.request_throughput, metrics.request_goodput or 0.0, ttft, tpot, metrics.failed,
-                     None if m.invalid else bool(meets), tuple(m.invalid))
+                     None if m.invalid else bool(meets), tuple(m.invalid), metrics.completed + metrics.failed)
 
 
 def find_capacity(workload: Workload, measure: Callable[[Workload], Measurement]) -> Capacity:

@@ -18,6 +18,7 @@ table's ``min`` bound still decides. The test holds such a capacity to what the 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -26,10 +27,11 @@ import pytest
 SLO_TTFT_MS, SLO_TPOT_MS = 1500.0, 60.0
 LEVELS = (1, 2, 4, 8, 16, 32)  # c32 misses the SLO on 2 cores, so the bracket has a top
 SHAPE = "prompt_len = 64, output_len = 24, warmup_requests = 1"
+RATE_SECONDS = 10  # each rate's run: 10 s of arrivals, at least the 40 requests (not the default 30 s: CI time)
 
 TABLE = f"""
 [workloads.sweep]
-cpu = {{ num_requests = 40, concurrency = 1, {SHAPE}, rates = [1, 4, 16, 64], slo_ttft_ms = {SLO_TTFT_MS}, slo_tpot_ms = {SLO_TPOT_MS}, capacity_steps = 3 }}
+cpu = {{ num_requests = 40, concurrency = 1, {SHAPE}, rates = [1, 4, 16, 64], slo_ttft_ms = {SLO_TTFT_MS}, slo_tpot_ms = {SLO_TPOT_MS}, capacity_steps = 3, rate_seconds = {RATE_SECONDS} }}
 """ + "".join(f"""
 [workloads.c{c}]
 cpu = {{ num_requests = {max(3 * c, 12)}, concurrency = {c}, {SHAPE} }}
@@ -82,6 +84,8 @@ def test_rate_sweep_capacity_agrees_with_the_concurrency_sweep(run: dict[str, An
     summary = f"rate-sweep capacity {cap['capacity_rps']:.2f} req/s vs concurrency-sweep bracket " \
               f"[{low:.2f}, {high if high is None else round(high, 2)}]; closed {closed}; points {points}"
     print(summary)
+    for p in cap["points"]:  # sized by duration: rate x 10 s of arrivals, at least 40
+        assert p["requests"] == max(40, math.ceil(p["rate"] * RATE_SECONDS)), (p, summary)
     for p in cap["points"]:  # each verdict follows from the point's own figures, whatever path the search took
         judged = None if p["invalid"] else (p["failed"] == 0 and p["p99_ttft_ms"] <= SLO_TTFT_MS
                                            and p["p99_tpot_ms"] <= SLO_TPOT_MS)  # an invalid run is not judged

@@ -36,7 +36,7 @@ cpu = { num_requests = 4, concurrency = 2, prompt_len = 40, output_len = 8, endp
 [workloads.multiturn]
 cpu = { kind = "conversation", num_requests = 3, concurrency = 3, turns = 4, prompt_len = 160, output_len = 24, warmup_requests = 0 }
 [workloads.sweep]
-cpu = { num_requests = 16, concurrency = 1, prompt_len = 32, output_len = 8, warmup_requests = 1, rates = [2, 64], slo_ttft_ms = 250, capacity_steps = 1 }
+cpu = { num_requests = 16, concurrency = 1, prompt_len = 32, output_len = 8, warmup_requests = 1, rates = [2, 64], slo_ttft_ms = 250, capacity_steps = 1, rate_seconds = 0.25 }
 
 [configs.vllm]
 engine = "vllm"

@@ -181,7 +181,7 @@ def test_new_fields_change_the_label_and_old_workloads_keep_theirs() -> None:
     assert base.label == "lab-n100-c10-p128-o64"  # the keys of saved measurements and baselines
     sampled = base.replace(temperature=0.8)
     assert sampled.label.startswith("lab-n100-c10-p128-o64-") and sampled.label != base.label
-    assert base.at_rate(4).label == "lab-n100-cinf-rate4-p128-o64"
+    assert base.at_rate(4).label == "lab-n120-cinf-rate4-p128-o64"  # sized by duration: 4 req/s x 30 s
 
 
 def test_derived_deadline_bounds_a_wedged_server_far_below_n_over_c_timeouts() -> None:
@@ -321,3 +321,22 @@ def test_kv_capacity_is_a_figure_and_its_absence_is_named() -> None:
     m.kv_cache = {}
     with pytest.raises(MissingFigure, match="kv_capacity_tokens: the server's /metrics gave no"):
         m.value("kv_capacity_tokens")
+
+
+def test_each_rate_of_a_sweep_runs_for_the_same_time_not_the_same_count() -> None:
+    """#28 item 7: with a fixed count, 40 requests at 64 req/s arrived within 0.6 s (no steady state); each rate now
+    gets ``rate_seconds`` of arrivals, with ``num_requests`` as the floor, and a sweep judged on p99s of fewer than
+    100 requests says so."""
+    w = Workload("s", 40, None, rates=(1.0, 4.0, 64.0), slo_ttft_ms=500.0)
+    assert w.rate_seconds == 30.0
+    assert [w.at_rate(r).num_requests for r in (1.0, 4.0, 64.0, 0.5)] == [40, 120, 1920, 40]
+    short = w.replace(rate_seconds=2.5)
+    assert [short.at_rate(r).num_requests for r in (1.0, 16.0, 16.1)] == [40, 40, 41]
+    assert w.replace(rate_seconds=None).at_rate(64.0).num_requests == 40  # the old fixed count, where asked for
+    for bad in (0, -1.0, math.inf, "10"):
+        with pytest.raises(ConfigError, match="rate_seconds must be a positive number"):
+            workload_from("s", {"num_requests": 4, "concurrency": None, "rates": [1], "slo_ttft_ms": 100, "rate_seconds": bad})
+    cap = find_capacity(short.replace(rates=(1.0, 4.0)), lambda x: _measurement_at(x.request_rate, 100.0))
+    assert [p.requests for p in cap.points] == [10, 10]  # the injected runs hold 10 requests each
+    assert cap.notes == ["the p99s at 1, 4 req/s are over fewer than 100 requests, where a p99 is close to the "
+                         "maximum; raise num_requests or rate_seconds"] and cap.to_dict()["notes"] == cap.notes
