@@ -40,6 +40,8 @@ TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", 
 
 # Figures a workload kind adds (suite/workload_figures.py): a run without them has them missing, not unknown
 _TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
+_SPEC_FIGURES = {"spec_acceptance_rate", "spec_mean_accepted_length", "spec_drafts", "spec_draft_tokens",
+                 "spec_accepted_tokens"}
 _REASONING_FIGURES = {"median_ttfat_ms", "p99_ttfat_ms", "unanswered_requests", "mean_reasoning_chunks"}
 _PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits",
                    "expected_prefix_hit_rate_low", "expected_prefix_hit_rate_high"}
@@ -59,6 +61,10 @@ def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str |
                 "server, /metrics unreachable, or a workload kind that does not read them: only conversation and "
                 "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
                 + ")")
+    if name in _SPEC_FIGURES:
+        return (f"{name}: the server drafted nothing over the run (no vllm:spec_decode counters in /metrics, or "
+                "none moved): not a speculative config; give the config a speculative method, e.g. extra_args = "
+                "[\"--speculative-config\", '{\"method\": \"ngram\", \"num_speculative_tokens\": 3}']")
     if name in _REASONING_FIGURES:
         if not any(r.reasoning_chunks for r in records if r.success):
             return (f"{name}: no stream carried reasoning (delta.reasoning or reasoning_content), so TTFT is "

@@ -78,6 +78,40 @@ def prefix_counters(samples: list[tuple[str, dict[str, str], float]]) -> PrefixC
 
 
 
+@dataclass(frozen=True)
+class SpecCounters:
+    """vLLM's cumulative speculative-decoding counters: drafts proposed, their tokens, and the tokens accepted."""
+
+    drafts: float
+    draft_tokens: float
+    accepted_tokens: float
+
+    def __sub__(self, earlier: "SpecCounters") -> "SpecCounters":
+        d = SpecCounters(self.drafts - earlier.drafts, self.draft_tokens - earlier.draft_tokens,
+                         self.accepted_tokens - earlier.accepted_tokens)
+        if min(d.drafts, d.draft_tokens, d.accepted_tokens) < 0:
+            raise ValueError(f"speculative-decoding counters went backwards ({earlier} -> {self}): the server "
+                             "restarted between the snapshots; measure again")
+        return d
+
+    def figures(self) -> dict[str, float]:
+        """Acceptance over a run, as vLLM's own bench reports it: accepted / draft tokens, and the mean accepted
+        length 1 + accepted / drafts (the verified token counts too); {} where nothing was drafted."""
+        if not self.drafts or not self.draft_tokens:
+            return {}
+        return {"spec_acceptance_rate": self.accepted_tokens / self.draft_tokens,
+                "spec_mean_accepted_length": 1.0 + self.accepted_tokens / self.drafts,
+                "spec_drafts": self.drafts, "spec_draft_tokens": self.draft_tokens,
+                "spec_accepted_tokens": self.accepted_tokens}
+
+
+def spec_counters(samples: list[tuple[str, dict[str, str], float]]) -> SpecCounters | None:
+    """The speculative-decoding counters; None where the server has none (not a speculative config)."""
+    vals = [telemetry.metric_sum(samples, f"vllm:spec_decode_num_{n}")
+            for n in ("drafts", "draft_tokens", "accepted_tokens")]
+    return None if any(v is None for v in vals) else SpecCounters(*vals)  # type: ignore[arg-type]
+
+
 def read_prefix_counters(url: str, api_key: str | None = None) -> PrefixCounters:
     """The server's prefix-cache counters now; raises (OSError, ValueError) where /metrics cannot say."""
     return prefix_counters(telemetry.fetch_metrics(url, api_key))

@@ -168,6 +168,8 @@ class BenchSession:
             loop_lag_ms_p99=result.loop_lag_ms_p99, invalid=invalid)
         m.figures.update(turn_figures(result.records))
         m.figures.update(reasoning_figures(result.records))
+        if counters is not None:
+            m.figures.update(counters.spec_figures())
         if counters is not None and workload.kind in ("conversation", "shared-prefix"):
             m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
         if after is not None:

@@ -3,6 +3,8 @@
 - Multi-turn chat: TTFT by turn index (``median_ttft_ms_turn1`` ...), which shows what prefix caching does to
   later turns, and the prefix-cache hit rate from the server's ``/metrics`` deltas over the measured part
   (``prefix_cache_hit_rate``) beside the range the histories imply (``expected_prefix_hit_rate_low/high``).
+- Speculative decoding (a vLLM config with a speculative method): acceptance rate and mean accepted length from
+  the server's ``/metrics`` deltas over the measured part (``spec_acceptance_rate``, ``spec_mean_accepted_length``).
 - Reasoning streams: time to the first answer token past the reasoning (``median_ttfat_ms``, ``p99_ttfat_ms``).
 - Token counts: the figures use the server's ``usage``; where the client's own count (its tokenizer) disagrees,
   the measurement says so.
@@ -18,7 +20,9 @@ import numpy as np
 from servingbench.load.conversation import expected_hit_range
 from servingbench.load.datasets import Codec
 from servingbench.measure.records import RequestRecord
-from servingbench.servers.vllm import PrefixCounters, read_prefix_counters
+from servingbench.measure import telemetry
+from servingbench.servers.vllm import (PrefixCounters, SpecCounters, prefix_counters, read_prefix_counters,
+                                       spec_counters)
 
 
 def load_codec(model_path: str) -> Codec | None:
@@ -104,12 +108,30 @@ class PrefixWatch:
     url: str
     api_key: str | None = None
     before: PrefixCounters | None = None  # None: /metrics could not say at the start, so there is no delta
+    spec_before: SpecCounters | None = None  # None: no speculative decoding counters (or /metrics unreachable)
 
     def start(self) -> None:
         try:
-            self.before = read_prefix_counters(self.url, self.api_key)
-        except (OSError, ValueError):
+            samples = telemetry.fetch_metrics(self.url, self.api_key)
+        except OSError:
+            self.before = self.spec_before = None
+            return
+        try:
+            self.before = prefix_counters(samples)
+        except ValueError:
             self.before = None
+        self.spec_before = spec_counters(samples)
+
+    def spec_figures(self) -> dict[str, float]:
+        """Speculative decoding over the measured part: acceptance rate and mean accepted length; {} for a server
+        that does not speculate (the bound on a figure then fails as missing, with the reason)."""
+        if self.spec_before is None:
+            return {}
+        try:
+            now = spec_counters(telemetry.fetch_metrics(self.url, self.api_key))
+            return (now - self.spec_before).figures() if now is not None else {}
+        except (OSError, ValueError):
+            return {}
 
     def figures(self, records: Sequence[RequestRecord], block_size: Any) -> dict[str, float]:
         """The measured hit rate and, for multi-turn runs, the range the histories imply; {} where /metrics
