@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.metrics import BenchmarkMetrics
 from servingbench.measure.records import RequestRecord
@@ -33,8 +34,7 @@ class InvalidRun(MissingFigure):
 
 # Figures that stay meaningful when no request succeeded: counts, and the engine's KV layout. What telemetry saw
 # of the server is not among them: the memory a server reaches under load is unknown when nothing loaded it.
-_WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests",
-                    "kv_capacity_tokens"}
+_WITHOUT_SUCCESS = catalog.without_success()
 # Telemetry figures: missing, not 0.0, where nothing sampled what they read (a max bound would pass a zero)
 TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", "gpu_utilization", "rss_peak_gib")
 

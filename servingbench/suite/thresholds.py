@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from servingbench.load.workload import ConfigError, Workload, single_stream, workload_from
+from servingbench.measure import catalog
 from servingbench.measure.metrics import batch_efficiency
 from servingbench.measure.measurement import MissingFigure
 
@@ -33,9 +34,9 @@ if TYPE_CHECKING:
 ENTRY_KEYS = {"hardware", "model", "config", "workload", "source", "note"}
 PORTABLE = {"any": ("cpu", "gpu"), "any-cpu": ("cpu",), "any-gpu": ("gpu",)}
 ANY_MODEL = "*"
-# Figures computed from two runs of the same config (the workload and its single-stream variant) or against the
-# hardware's peak bandwidth, beside every field a measurement has (Measurement.value).
-DERIVED = {"batch_efficiency", "mbu", "single_stream_mbu", "capacity_rps"}
+# Figures computed from two runs of the same config (the workload and its single-stream variant), against the
+# hardware's peak bandwidth or over a capacity sweep, beside every field a measurement has (Measurement.value).
+DERIVED: set[str] = catalog.derived_for_bounds()
 
 
 @dataclass(frozen=True)
