@@ -9,7 +9,8 @@ that starts servers and measures workloads, the records and metrics it produces,
 """
 
 from servingbench.load.generator import LoadShape, run_load
-from servingbench.load.workload import ConfigError, Workload
+from servingbench.errors import ConfigError
+from servingbench.load.workload import Workload
 from servingbench.measure.environment import Hardware
 from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.metrics import SLO, BenchmarkMetrics, compute_metrics

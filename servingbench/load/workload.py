@@ -25,16 +25,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from servingbench.errors import ConfigError
 from servingbench.load.conversation import Conversation
 from servingbench.load.datasets import (FIRST_ORDINARY_ID, Codec, RequestSpec, random_token_prompts,
                                         shared_prefix_prompts)
 from servingbench.load.generator import LoadShape
 
 KINDS = ("random", "shared-prefix", "dataset", "conversation")
-
-
-class ConfigError(ValueError):
-    """A config or workload entry that cannot be used; the message names the entry and the fix."""
 
 
 @dataclass(frozen=True)

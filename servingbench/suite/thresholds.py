@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from servingbench.load.workload import ConfigError, Workload, single_stream, workload_from
+from servingbench.errors import ConfigError
+from servingbench.load.workload import Workload, single_stream, workload_from
 from servingbench.measure import catalog
 from servingbench.measure.metrics import batch_efficiency
 from servingbench.measure.measurement import MissingFigure
