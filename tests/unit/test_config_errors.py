@@ -73,3 +73,15 @@ def test_lengths_and_workload_import_no_circle() -> None:
 
     assert "servingbench.load.workload" not in imports(root / "load" / "lengths.py")
     assert not {n for n in imports(root / "errors.py") if n.startswith("servingbench")}
+
+
+def test_measure_or_skip_fails_a_broken_workload_under_server_url_and_still_skips_a_missing_server(
+        remote, tmp_path: Path) -> None:
+    from servingbench.plugin import fixtures
+
+    measure_or_skip = fixtures.measure_or_skip._get_wrapped_function()(remote)
+    broken = Workload("lab", 4, 2, 8, 5, kind="dataset", dataset=str(tmp_path / "nowhere.jsonl"))
+    with pytest.raises(pytest.fail.Exception, match="nowhere.jsonl"):
+        measure_or_skip("vllm", broken)
+    with pytest.raises(pytest.skip.Exception, match="needs a server this suite starts"):
+        measure_or_skip("hf", Workload("lab", 4, 2, 8, 5), config=remote.settings.server_config("hf"))
