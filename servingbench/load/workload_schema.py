@@ -88,7 +88,7 @@ def entry_problems(entry: Mapping[str, Any]) -> tuple[list[str], set[str]]:
 
 def describe(err: Any) -> str:
     """A pydantic error in the table's words: the key, the value given, and what it must be instead."""
-    key = str(err["loc"][0]) if err["loc"] else "?"
+    key = ".".join(str(x) for x in err["loc"] if isinstance(x, str)) or "?"  # rates[1] is "rates"
     if err["type"] == "extra_forbidden":
         return f"unknown field {key!r}: remove it or fix its spelling"
     if err["type"] == "missing":

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from servingbench.load.workload_schema import describe
+
 ENTRY_KEYS = {"hardware", "model", "config", "workload", "source", "note"}
 
 
@@ -34,21 +36,25 @@ class TableLines:
     """The line of each table header and key of a TOML file, so a message can say ``file:line``.
 
     ``at("workloads", "lab", "cpu")`` is the line of the longest prefix of that path the file spells out (the key's
-    own line, else its table's header); ``expect[i]`` is the header line of the i-th ``[[expect]]`` row."""
+    own line, else its table's header); the i-th table of an array such as ``[[device]]`` is ``("device", "i")``,
+    and ``expect[i]`` the header line of the i-th ``[[expect]]`` row."""
 
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         self.lines: dict[tuple[str, ...], int] = {}
         self.expect: list[int] = []
+        arrays: dict[tuple[str, ...], int] = {}
         table: tuple[str, ...] = ()
         for number, line in enumerate(text.splitlines(), start=1):
             stripped = line.strip()
             header = _HEADER.match(stripped)
             if header:
                 table = _dotted(header.group(1))
-                if stripped.startswith("[[") and table == ("expect",):
-                    self.expect.append(number)
-                    table = ("expect", str(len(self.expect) - 1))
+                if stripped.startswith("[["):
+                    index = arrays[table] = arrays.get(table, -1) + 1
+                    if table == ("expect",):
+                        self.expect.append(number)
+                    table = table + (str(index),)
                 self.lines.setdefault(table, number)
                 continue
             key = _KEY.match(stripped)
@@ -135,6 +141,38 @@ def _row_problem(err: Any) -> str:
     if key == "hardware":
         return f"hardware must be a key, a list of keys, or a portable class (any-cpu, any-gpu, any); got {value!r}"
     return f"{key} must be a string, got {value!r}"
+
+
+# ---- [[device]] entries of the hardware peaks ----------------------------------------------------------------
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class DeviceEntry(BaseModel):
+    """One ``[[device]]`` of ``hardware_peaks.toml``: the keys it is for and its vendor (or measured) peaks. A CPU
+    entry's core counts are checked across fields by ``efficiency.check_cpu_cores``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    profiles: Annotated[list[str], Field(min_length=1)]
+    gpu_name_contains: Optional[list[str]] = None
+    memory_bandwidth_gb_s: Positive
+    peak_tflops: dict[str, Positive]
+    source: str
+    cores_counted: Optional[int] = None
+    bandwidth_threads: Optional[int] = None
+    clock_ghz: Optional[Positive] = None
+    flop_per_cycle: Optional[dict[str, Positive]] = None
+
+
+def device_problems(raw: Any) -> list[str]:
+    """Every problem of one ``[[device]]``'s own keys."""
+    try:
+        DeviceEntry.model_validate(raw)
+    except ValidationError as e:
+        return [describe(err) for err in e.errors()]
+    return []
 
 
 # ---- [configs] entries ----------------------------------------------------------------------------------------

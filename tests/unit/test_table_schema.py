@@ -149,3 +149,30 @@ def test_table_lines_find_keys_headers_and_rows() -> None:
     assert lines.row(0) == f"t.toml:{line_of(text, '[[expect]]')}" and lines.row(5) == "t.toml:?"
     assert lines.at("expect", "0", "median_ttft_ms/hf") == f"t.toml:{line_of(text, 'median_ttft_ms/hf')}"
     assert re.fullmatch(r"t\.toml:\?", lines.at("nowhere"))
+
+
+def test_a_bad_peaks_table_lists_every_problem_at_its_line(tmp_path: Path) -> None:
+    from servingbench.suite.efficiency import EfficiencyError, load_peak_table
+
+    path = tmp_path / "peaks.toml"
+    path.write_text('''[[device]]
+name = "fine"
+profiles = ["X-80GB"]
+memory_bandwidth_gb_s = 2000
+peak_tflops = { float16 = 756.0 }
+source = "datasheet"
+
+[[device]]
+name = "broken"
+profiles = []
+memory_bandwith_gb_s = 2000
+peak_tflops = { float16 = -1 }
+''')
+    with pytest.raises(EfficiencyError) as e:
+        load_peak_table(path)
+    text = str(e.value)
+    assert text.startswith("5 problem(s) in the hardware peaks table:"), text
+    for needle in ("profiles = []", "unknown field 'memory_bandwith_gb_s'", "memory_bandwidth_gb_s is required",
+                   "peak_tflops.float16 = -1: input should be greater than 0", "source is required"):
+        assert f"{path}:8: [[device]] #2 (broken): {needle}" in text, (needle, text)
+    assert load_peak_table()  # the shipped one passes
