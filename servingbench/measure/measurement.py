@@ -7,6 +7,7 @@ or a later comparison can recompute anything from raw observations.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -59,6 +60,21 @@ def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str |
                 "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
                 + ")")
     return None
+
+
+def known_figure(name: str) -> bool:
+    """Whether ``Measurement.value`` knows ``name`` (a run may still lack it): a vLLM-style field, a telemetry or
+    derived one-run figure, or a workload figure. The table checks its bounds' metrics with it at load."""
+    return name in _one_run_figures() or absent_workload_figure(name, []) is not None
+
+
+@functools.cache
+def _one_run_figures() -> frozenset[str]:
+    from servingbench.measure.metrics import compute_metrics
+
+    flat = compute_metrics([], 1.0).to_vllm_json()
+    return frozenset({k for k, v in flat.items() if not isinstance(v, dict)} | set(TELEMETRY_FIGURES)
+                     | {"seconds_per_output_token", "failure_rate", "kv_capacity_tokens"})
 
 
 @dataclass

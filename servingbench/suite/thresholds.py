@@ -14,6 +14,7 @@ bound, its tier and the file and line it lives on.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from servingbench.errors import ConfigError
 from servingbench.load.workload import Workload, single_stream, workload_from
 from servingbench.measure import catalog
 from servingbench.measure.metrics import batch_efficiency
-from servingbench.measure.measurement import MissingFigure
+from servingbench.measure.measurement import MissingFigure, _one_run_figures, known_figure
 from servingbench.suite.table_schema import ENTRY_KEYS, TableLines, config_problems, row_problems
 
 if TYPE_CHECKING:
@@ -187,6 +188,11 @@ def _references(entry: dict[str, Any], table: ExpectationTable, workloads: set[s
         out.append(f"workload {workload!r} is not defined under [workloads] "
                    f"(defined: {', '.join(sorted(workloads)) or 'none'})")
     for metric in entry:
+        base = metric.split("/", 1)[0]
+        if metric not in ENTRY_KEYS and not (known_figure(base) or base in DERIVED):
+            near = difflib.get_close_matches(base, sorted(_one_run_figures() | DERIVED), n=1)
+            out.append(f"bound {metric!r}: no metric {base!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                       + f" (a measurement's figures, README \"Metric definitions\", or {sorted(DERIVED)})")
         if metric not in ENTRY_KEYS and "/" in metric and metric.split("/", 1)[1] not in table.configs:
             out.append(f"ratio {metric!r} names config {metric.split('/', 1)[1]!r}, which is not defined "
                        "under [configs]")

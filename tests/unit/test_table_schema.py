@@ -176,3 +176,11 @@ peak_tflops = { float16 = -1 }
                    "peak_tflops.float16 = -1: input should be greater than 0", "source is required"):
         assert f"{path}:8: [[device]] #2 (broken): {needle}" in text, (needle, text)
     assert load_peak_table()  # the shipped one passes
+
+
+def test_a_misspelt_bound_metric_fails_at_load_with_the_near_name(tmp_path: Path) -> None:
+    """Before: the row loaded, its test ran the load, then ``Measurement.value`` raised KeyError."""
+    text = HEAD + ROW + 'median_ttft = { max = 100 }\n"p99_ttft_ms/hf" = { max = 2 }\nbatch_efficiency = { min = 0.2 }\n'
+    (problem,) = problems(tmp_path, text)
+    assert problem.startswith(f"{tmp_path / 't.toml'}:{line_of(text, '[[expect]]')}: bound 'median_ttft': no metric")
+    assert "did you mean 'median_ttft_ms'?" in problem
