@@ -2,7 +2,7 @@
 
 One test per (config, metric) over the session's cached measurement of the lab load (the same run that
 test_lab_load and the expectation tests read), so the load runs once per config. Each test stores the measured
-samples as its pytest-benchmark rounds (servingbench/baselines.py says how), so ``--benchmark-save`` records a
+samples as its pytest-benchmark rounds (servingbench/plugin/samples.py says how), so ``--benchmark-save`` records a
 baseline and ``--benchmark-compare`` with ``--benchmark-compare-fail`` (or ``--baseline-compare``) catches a
 regression against the one recorded for this hardware profile under baselines/.
 

@@ -3,7 +3,7 @@
 ``auto`` is the lab-load server (config "vllm"); each quantized dtype is the same config with --kv-cache-dtype.
 Capacity: tokens of KV per GiB of KV cache (on CPU the space is fixed by VLLM_CPU_KVCACHE_SPACE). Accuracy: a
 fixed prompt set scored by both servers through /v1/completions with prompt_logprobs and greedy continuations
-(servingbench/kv_accuracy.py); not on vLLM's dummy weights, whose flat logits make agreement noise (use
+(servingbench/studies/kv_accuracy.py); not on vLLM's dummy weights, whose flat logits make agreement noise (use
 --model llama-2-7b-seeded on a GPU). The lab's "int8" is mapped to the name the installed vLLM accepts, and the row
 says so. A dtype the hardware refuses is skipped with the server's own reason. Writes studies/kv_cache_dtype.json.
 """

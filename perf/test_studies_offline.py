@@ -1,7 +1,7 @@
 """Offline throughput, the lab's Parts 1 and 3: vLLM's LLM.generate against the HF baseline's static batches.
 
 Same prompts (random token ids), same lengths, EOS ignored, greedy: like ``vllm bench throughput`` with
-``--backend vllm`` and ``--backend hf``. Each engine runs in its own subprocess (servingbench/offline.py); the
+``--backend vllm`` and ``--backend hf``. Each engine runs in its own subprocess (servingbench/studies/offline.py); the
 block-size sweep runs this way too (CPU 32/64/128). Tokens/s and peak memory per run. Writes studies/offline.json.
 """
 

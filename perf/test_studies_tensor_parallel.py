@@ -1,7 +1,7 @@
 """Tensor parallelism: TP 1, 2, 4 on GPUs, and the scaling efficiency throughput(TP=n) / (n x throughput(TP=1)).
 
 GPU only (marked gpu). A TP size needing more GPUs than are visible, or not dividing the model's heads, is skipped
-with that reason (servingbench/tensor_parallel.py). Writes studies/tensor_parallel.json.
+with that reason (servingbench/studies/tensor_parallel.py). Writes studies/tensor_parallel.json.
 """
 
 from __future__ import annotations

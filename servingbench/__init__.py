@@ -9,7 +9,8 @@ that starts servers and measures workloads, the records and metrics it produces,
 """
 
 from servingbench.load.generator import LoadShape, run_load
-from servingbench.load.workload import ConfigError, Workload
+from servingbench.errors import ConfigError
+from servingbench.load.workload import Workload
 from servingbench.measure.environment import Hardware
 from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.metrics import SLO, BenchmarkMetrics, compute_metrics
@@ -22,9 +23,9 @@ from servingbench.suite.models import ModelSpec, get_model
 from servingbench.suite.session import BenchSession
 from servingbench.suite.thresholds import Bound, ExpectationTable, check, load_table
 
-__all__ = [
-    "BenchSession", "ServerProcess", "VLLMConfig", "HFConfig", "ServerStartError", "ServerUnavailable",
-    "Workload", "LoadShape", "run_load", "RequestRecord", "BenchmarkMetrics", "SLO", "compute_metrics",
-    "Measurement", "MissingFigure", "Hardware", "ModelSpec", "get_model",
-    "ExpectationTable", "Bound", "load_table", "check", "ConfigError",
+__all__ = [  # sorted, and exactly the names imported above (tests/unit/test_exported_members.py)
+    "BenchmarkMetrics", "BenchSession", "Bound", "check", "compute_metrics", "ConfigError", "ExpectationTable",
+    "get_model", "Hardware", "HFConfig", "load_table", "LoadShape", "Measurement", "MissingFigure", "ModelSpec",
+    "RequestRecord", "run_load", "ServerProcess", "ServerStartError", "ServerUnavailable", "SLO", "VLLMConfig",
+    "Workload",
 ]

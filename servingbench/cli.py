@@ -111,7 +111,7 @@ def add_calibrate_parser(subparsers: "argparse._SubParsersAction[argparse.Argume
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from servingbench.load.workload import ConfigError
+    from servingbench.errors import ConfigError
     from servingbench.servers.pool import ServerUnavailable
     from servingbench.servers.process import ServerStartError
     from servingbench.suite.calibrate import CalibrationOptions, run

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+from servingbench.errors import ConfigError
 from servingbench.load.datasets import RequestSpec
 
 FORMATS = ("prompt", "chat", "sharegpt")
@@ -39,9 +40,10 @@ _ARRAY_HINT = ("; the file looks like one JSON array, not JSONL: convert it with
 T = TypeVar("T")
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigError):
     """A dataset file that cannot be used. The message starts with ``path:line:`` and names each problem and
-    its fix; ``problems`` holds the (line, message) pairs shown (line None for file-level problems)."""
+    its fix; ``problems`` holds the (line, message) pairs shown (line None for file-level problems). A
+    ConfigError: the workload that reads the file is broken, so the test fails in every mode."""
 
     def __init__(self, message: str, problems: list[tuple[int | None, str]] | None = None) -> None:
         super().__init__(message)

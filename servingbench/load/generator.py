@@ -30,7 +30,7 @@ LOOP_LAG_INTERVAL_S = 0.02
 # almost every sample (one sample per long pass over the streams): p90 43-51 ms at concurrency 10 and 350-800 ms
 # at 64 against a peer streaming flat out. A healthy client is late only in spikes when the box is crowded: p90
 # 1-8 ms (p99 up to 40 ms, one spike run 103 ms) against vLLM and a paced peer on the shared 2-core box. So the
-# bound is on p90, between the two (perf/test_fidelity.py, tests/test_fidelity_units.py).
+# bound is on p90, between the two (perf/test_fidelity.py, tests/integration/test_client_fidelity.py).
 LOOP_LAG_WARN_MS = 20.0
 # Percentile of the open loop's lateness against its arrival schedule that ``max_schedule_lag_ms`` bounds. Not p99:
 # on the 2-core VMs here, whenever both cores are busy (vLLM's CPU engine alone keeps 1.8 of them busy: its worker

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from servingbench.errors import ConfigError
 from servingbench.load.datasets import FIRST_ORDINARY_ID, RequestSpec
 
 KINDS = ("fixed", "uniform", "normal", "lognormal")
@@ -23,8 +24,6 @@ _HINT = {"mean": "mean = 128", "stdev": "stdev = 64", "range_ratio": "range_rati
 
 
 def _config_error(msg: str) -> Exception:
-    # Imported here, not at the top: workload.py (where ConfigError lives) may import this module.
-    from servingbench.load.workload import ConfigError
     return ConfigError(msg)
 
 

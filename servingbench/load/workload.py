@@ -25,17 +25,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from servingbench.errors import ConfigError
 from servingbench.load.conversation import Conversation
 from servingbench.load.datasets import (FIRST_ORDINARY_ID, Codec, RequestSpec, random_token_prompts,
                                         shared_prefix_prompts)
 from servingbench.load.generator import LoadShape
-
-KINDS = ("random", "shared-prefix", "dataset", "conversation")
-
-
-class ConfigError(ValueError):
-    """A config or workload entry that cannot be used; the message names the entry and the fix."""
-
+from servingbench.load.workload_schema import KINDS, entry_problems
 
 # Seconds of arrivals at each rate of a sweep. With a fixed count (40 requests) the arrivals at 16-64 req/s lasted
 # 0.6-2.5 s: the queue never reached steady state and capacity came out overstated and dependent on the count
@@ -272,26 +267,37 @@ def as_chat(spec: RequestSpec, codec: Codec) -> RequestSpec:
 
 
 def workload_from(name: str, entry: Mapping[str, Any], base_dir: Path | None = None) -> Workload:
-    """A table entry as a Workload; a relative ``dataset`` path is taken from ``base_dir`` (the table's folder)."""
-    fields = {f.name for f in dataclasses.fields(Workload)}
-    unknown = set(entry) - fields
-    if unknown:
-        raise ConfigError(f"workload {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(fields - {'name'})}")
-    entry = dict(entry)
+    """A table entry as a Workload; a relative ``dataset`` path is taken from ``base_dir`` (the table's folder).
+
+    Every problem at once, in one ConfigError: each field's type and range (``workload_schema.WorkloadEntry``),
+    the checks across fields (``Workload.problems``, run with a placeholder where a field was wrong, so they are
+    not lost behind it) and the length distributions'."""
+    problems, wrong = entry_problems(entry)
+    entry = dict(entry)  # the entry's own values: a checked value is never coerced (the label hashes them)
     if isinstance(entry.get("rates"), list):
         entry["rates"] = tuple(entry["rates"])
     if isinstance(entry.get("request_rate"), str) and entry["request_rate"] == "inf":
         entry["request_rate"] = math.inf
     if entry.get("dataset") and base_dir is not None and not Path(entry["dataset"]).expanduser().is_absolute():
         entry["dataset"] = str(base_dir / entry["dataset"])
-    try:
-        workload = Workload(name=name, **entry)
-    except TypeError as e:
-        raise ConfigError(f"workload {name!r}: {e}") from None
+    fields = {f.name: f for f in dataclasses.fields(Workload)}
+    known = {k: v for k, v in entry.items() if k in fields and k not in wrong}
+    placeholders = {k: 1 for k in ("num_requests", "concurrency") if k not in known}
+    trial = Workload.__new__(Workload)  # the cross-field checks on what is right, without raising on the first
+    for f in fields.values():
+        default = f.default if f.default is not dataclasses.MISSING else None
+        object.__setattr__(trial, f.name, {**placeholders, **known}.get(f.name, default))
+    object.__setattr__(trial, "name", name)
+    problems += trial.problems()
     for dist in ("prompt_dist", "output_dist"):
-        if getattr(workload, dist) is not None:
-            (workload.prompt_lengths if dist == "prompt_dist" else workload.output_lengths)()  # raises ConfigError
-    return workload
+        if dist in known:
+            try:
+                (trial.prompt_lengths if dist == "prompt_dist" else trial.output_lengths)()
+            except ConfigError as e:
+                problems.append(str(e).removeprefix(f"workload {name!r} "))
+    if problems:
+        raise ConfigError(f"workload {name!r}: " + "; ".join(dict.fromkeys(problems)))
+    return Workload(name=name, **entry)
 
 
 def single_stream(workload: Workload) -> Workload:

@@ -7,12 +7,14 @@ or a later comparison can recompute anything from raw observations.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.metrics import BenchmarkMetrics
 from servingbench.measure.records import RequestRecord
@@ -33,8 +35,7 @@ class InvalidRun(MissingFigure):
 
 # Figures that stay meaningful when no request succeeded: counts, and the engine's KV layout. What telemetry saw
 # of the server is not among them: the memory a server reaches under load is unknown when nothing loaded it.
-_WITHOUT_SUCCESS = {"completed", "failed", "failure_rate", "duration", "max_concurrent_requests",
-                    "kv_capacity_tokens"}
+_WITHOUT_SUCCESS = catalog.without_success()
 # Telemetry figures: missing, not 0.0, where nothing sampled what they read (a max bound would pass a zero)
 TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", "gpu_utilization", "rss_peak_gib")
 
@@ -71,6 +72,21 @@ def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str |
                     "already the time to the first answer token; bound median_ttft_ms instead")
         return f"{name}: no request reached its answer past the reasoning; raise the workload's output_len"
     return None
+
+
+def known_figure(name: str) -> bool:
+    """Whether ``Measurement.value`` knows ``name`` (a run may still lack it): a vLLM-style field, a telemetry or
+    derived one-run figure, or a workload figure. The table checks its bounds' metrics with it at load."""
+    return name in _one_run_figures() or absent_workload_figure(name, []) is not None
+
+
+@functools.cache
+def _one_run_figures() -> frozenset[str]:
+    from servingbench.measure.metrics import compute_metrics
+
+    flat = compute_metrics([], 1.0).to_vllm_json()
+    return frozenset({k for k, v in flat.items() if not isinstance(v, dict)} | set(TELEMETRY_FIGURES)
+                     | {"seconds_per_output_token", "failure_rate", "kv_capacity_tokens"})
 
 
 @dataclass

@@ -13,6 +13,7 @@ from servingbench.suite.gate import GateReport
 from servingbench.suite.models import materialize
 from servingbench.measure.measurement import Measurement
 from servingbench.plugin.state import state_of
+from servingbench.errors import ConfigError
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
@@ -53,10 +54,13 @@ def expectations(pytestconfig: pytest.Config) -> ExpectationTable:
 
 @pytest.fixture
 def measure_or_skip(bench: BenchSession) -> Any:
-    """``bench.measure`` that turns an unavailable server into a skip (remote mode) or a clear failure."""
+    """``bench.measure`` that turns an unavailable server into a skip (remote mode) or a clear failure, and a
+    broken workload (a ConfigError) into a clear failure in every mode: skipped, it would pass unnoticed."""
     def run(config_name: str, workload: Any, **kw: Any) -> Any:
         try:
             return bench.measure(config_name, workload, **kw)
+        except ConfigError as e:
+            pytest.fail(str(e), pytrace=False)
         except ServerUnavailable as e:
             if bench.remote or bench.replay_dir is not None:
                 pytest.skip(str(e))

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pytest
 
+from servingbench.measure import catalog
 from servingbench.measure.measurement import Measurement
 
 
@@ -28,23 +29,8 @@ class Metric:
     samples: Callable[[Measurement], list[float]]
 
 
-def _ok(m: Measurement) -> list[Any]:
-    return [r for r in m.records if r.success]
-
-
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("ttft", "time to first token, one sample per request (s)", lambda m: [r.ttft for r in _ok(m)]),
-    Metric("tpot", "time per output token after the first, (E2EL-TTFT)/(N-1), one sample per request (s)",
-           lambda m: [t for t in (r.tpot for r in _ok(m)) if t is not None]),
-    Metric("itl", "inter-token latency, gaps between content chunks pooled over requests (s)",
-           lambda m: [g for r in _ok(m) for g in r.itls]),
-    Metric("e2el", "end-to-end latency, send to last content chunk, one sample per request (s)",
-           lambda m: [r.e2el for r in _ok(m)]),
-    # Throughput is higher-is-better and compare-fail flags increases only: store its reciprocal. Run-level
-    # (duration / output tokens), one sample: per-request e2el/N would miss losses of batching across requests.
-    Metric("s_per_output_token", "run duration / output tokens = 1 / output throughput, one sample per run (s)",
-           lambda m: [m.value("seconds_per_output_token")]),
-)}
+# The catalog's samples (throughput is stored as its reciprocal, s_per_output_token: compare-fail flags increases)
+METRICS: dict[str, Metric] = {s.name: Metric(s.name, s.description, s.get) for s in catalog.SAMPLES.values()}
 
 
 class SampleClock:

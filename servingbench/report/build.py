@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from servingbench.measure import catalog
 from servingbench.measure.measurement import Measurement
 from servingbench.suite import efficiency as eff
 from servingbench.report import figures
@@ -29,26 +30,11 @@ if TYPE_CHECKING:
     from servingbench.load.workload import Workload
     from servingbench.measure.environment import Hardware
 
-# (key, label, format, better): better "high"/"low" gives an improvement factor, None gives none
-COMPARE = [
-    ("output_throughput", "output throughput (tok/s)", "{:.1f}", "high"),
-    ("request_throughput", "request throughput (req/s)", "{:.3f}", "high"),
-    ("median_ttft_ms", "TTFT p50 (ms)", "{:.1f}", "low"),
-    ("p99_ttft_ms", "TTFT p99 (ms)", "{:.1f}", "low"),
-    ("median_tpot_ms", "TPOT p50 (ms)", "{:.2f}", "low"),
-    ("p99_tpot_ms", "TPOT p99 (ms)", "{:.2f}", "low"),
-    ("median_itl_ms", "ITL p50 (ms)", "{:.2f}", "low"),
-    ("median_e2el_ms", "E2E latency p50 (ms)", "{:.0f}", "low"),
-    ("p90_e2el_ms", "E2E latency p90 (ms)", "{:.0f}", "low"),
-    ("p99_e2el_ms", "E2E latency p99 (ms)", "{:.0f}", "low"),
-    ("memory_gib", "peak memory (GiB; GPU, else server RSS)", "{:.2f}", None),
-    ("memory_utilization", "memory utilization (of GPU, else host RAM)", "{:.1%}", None),
-    ("gpu_utilization", "GPU utilization, mean (%)", "{:.0f}", None),
-    ("batch_efficiency", "batch efficiency: T(C) / (C x T(1))", "{:.3f}", "high"),
-    ("goodput", "goodput within the SLO (req/s)", "{:.3f}", "high"),
-    ("mbu", "MBU (memory bandwidth utilization)", "{:.1%}", "high"),
-    ("mfu", "MFU (decode FLOPs utilization)", "{:.2%}", "high"),
-]
+# (key, label, format, better): the catalog's compared metrics; better "high"/"low" gives an improvement factor,
+# None gives none
+COMPARE: list[tuple[str, str, str, str | None]] = [
+    (m.name, m.label or m.name, m.fmt, {"higher": "high", "lower": "low", None: None}[m.better])
+    for m in catalog.compared()]
 
 
 def label(m: Measurement) -> str:

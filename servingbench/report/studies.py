@@ -1,7 +1,7 @@
 """The study sections of the report: concurrency sampling, block size, KV-cache dtype, prefix caching, tensor
 parallelism, offline.
 
-Each reads ``<results>/studies/<study>.json`` (servingbench/studies.py writes them: rows plus findings) through
+Each reads ``<results>/studies/<study>.json`` (servingbench/studies/common.py writes them: rows plus findings) through
 ``row.get``, so a study file with fewer or extra fields still renders; a missing study prints "not measured in
 this run". Skipped rows keep the engine's own reason.
 """

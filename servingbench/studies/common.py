@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from servingbench.load.workload import Workload, workload_from
 from servingbench.studies.kv_cache import KVCapacity
+from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.measurement import STUDY_SCHEMA as SCHEMA
 from servingbench.measure.measurement import measured_rows
@@ -32,11 +33,7 @@ if TYPE_CHECKING:
     from servingbench.suite.session import BenchSession
 
 KNEE_METRICS = ("median_e2el_ms", "median_tpot_ms")
-SERVING_FIELDS = (
-    "completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
-    "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p90_tpot_ms", "p99_tpot_ms",
-    "median_itl_ms", "median_e2el_ms", "p90_e2el_ms", "p99_e2el_ms", "max_concurrent_requests",
-)
+SERVING_FIELDS = catalog.study_fields()  # vLLM's field names, in every study row
 
 
 class StudyConfigError(ValueError):

@@ -44,6 +44,7 @@ from servingbench.measure.environment import Hardware
 from servingbench.measure.measurement import Measurement
 from servingbench.measure.records import RequestRecord
 from servingbench.suite.models import dtype_bytes
+from servingbench.suite.table_schema import TableLines, device_problems
 
 class EfficiencyError(ValueError):
     """A figure that cannot be computed from what was measured; the message says what is missing."""
@@ -79,17 +80,27 @@ def default_peaks_path() -> Path:
 
 
 def load_peak_table(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The ``[[device]]`` entries, each typed (``table_schema.DeviceEntry``) and a CPU entry's core counts checked;
+    one EfficiencyError with every problem, each at its file:line."""
     path = Path(path) if path else default_peaks_path()
     try:
-        devices = tomllib.loads(path.read_text()).get("device", [])
+        text = path.read_text()
+        devices = tomllib.loads(text).get("device", [])
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise EfficiencyError(f"cannot read hardware peaks {path}: {e}") from None
+    lines, problems = TableLines(path, text), []
     for i, d in enumerate(devices):
-        missing = {"name", "profiles", "memory_bandwidth_gb_s", "peak_tflops", "source"} - set(d)
-        if missing:
-            raise EfficiencyError(f"{path}: [[device]] #{i + 1} lacks {sorted(missing)}")
-        if any(p.startswith("cpu-") for p in d["profiles"]) or "cores_counted" in d:
-            check_cpu_cores(d, f"{path}: [[device]] #{i + 1} ({d['name']})")
+        named = f" ({d['name']})" if isinstance(d, dict) and isinstance(d.get("name"), str) else ""
+        where = f"{lines.at('device', str(i))}: [[device]] #{i + 1}{named}"
+        mine = device_problems(d)
+        problems += [f"{where}: {p}" for p in mine]
+        if not mine and (any(p.startswith("cpu-") for p in d["profiles"]) or "cores_counted" in d):
+            try:
+                check_cpu_cores(d, where)
+            except EfficiencyError as e:
+                problems.append(str(e))
+    if problems:
+        raise EfficiencyError(f"{len(problems)} problem(s) in the hardware peaks table:\n  " + "\n  ".join(problems))
     return devices
 
 

@@ -26,19 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.noise import Noise, plan, side
 from servingbench.measure.stats import Verdict, compare_failures, compare_lifetimes, verdict_table
 from servingbench.suite.rounds import GATED, Round, RoundsFile, by_lifetime
 
 ALPHA = 0.05  # false alarms per run, over all tests of all configs
-# The smallest change worth failing a run for, per metric (a fraction). Below these a shift is "unchanged" at most.
-# TTFT's are wider because a server restart alone moves it: on the H200, lifetime against lifetime (3 rounds each),
-# TTFT p50 moved +5.6% with a confidence interval clear of zero; throughput, TPOT and E2EL moved under 0.3%.
-MIN_EFFECT: dict[str, float] = {
-    "output_throughput": 0.02, "median_tpot_ms": 0.02, "p99_tpot_ms": 0.05, "median_itl_ms": 0.02,
-    "median_e2el_ms": 0.02, "p99_e2el_ms": 0.05, "median_ttft_ms": 0.10, "p99_ttft_ms": 0.15,
-}
+# The smallest change worth failing a run for, per metric (a fraction): the catalog's, where the measurements that
+# set them are told (TTFT's are wider because a server restart alone moves it).
+MIN_EFFECT: dict[str, float] = catalog.min_effect()
 POWER = 0.8
 DEFAULT_ROUNDS = 3  # per lifetime
 # Rounds per lifetime: the within-lifetime spread (sr) is estimated from them, and a run with fewer rounds a lifetime

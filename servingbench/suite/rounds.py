@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_text
 from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.noise import Noise, side
@@ -42,16 +43,9 @@ class GatedMetric:
     quantile: float | None = None
 
 
-GATED: tuple[GatedMetric, ...] = (
-    GatedMetric("output_throughput", higher_is_better=True),
-    GatedMetric("median_ttft_ms", samples="ttft", quantile=0.5),
-    GatedMetric("p99_ttft_ms", samples="ttft", quantile=0.99),
-    GatedMetric("median_tpot_ms", samples="tpot", quantile=0.5),
-    GatedMetric("p99_tpot_ms", samples="tpot", quantile=0.99),
-    GatedMetric("median_itl_ms", samples="itl", quantile=0.5),
-    GatedMetric("median_e2el_ms", samples="e2el", quantile=0.5),
-    GatedMetric("p99_e2el_ms", samples="e2el", quantile=0.99),
-)
+# The catalog's gated metrics (those with a minimum effect), in its order: the rounds file lists them so.
+GATED: tuple[GatedMetric, ...] = tuple(GatedMetric(m.name, m.higher_is_better, m.samples, m.quantile)
+                                       for m in catalog.gated())
 
 
 def request_samples(m: Measurement) -> dict[str, list[float]]:
@@ -59,10 +53,8 @@ def request_samples(m: Measurement) -> dict[str, list[float]]:
     percentiles are computed from them, with the metrics' own definitions: ITL gaps of 0 (two chunks in one socket
     read) stay, as ``median_itl_ms`` keeps them. The gate judges per-round figures (``Round.figures``), not logs of
     single requests, so a zero gap needs no special case."""
-    ok = [r for r in m.records if r.success]
     us = lambda seconds: round(seconds * 1e3, 3)  # noqa: E731
-    return {"ttft": [us(r.ttft) for r in ok], "tpot": [us(r.tpot) for r in ok if r.tpot is not None],
-            "itl": [us(g) for r in ok for g in r.itls], "e2el": [us(r.e2el) for r in ok]}
+    return {s.name: [us(x) for x in s.get(m)] for s in catalog.SAMPLES.values() if s.per_request}
 
 
 @dataclass

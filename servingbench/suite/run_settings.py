@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from servingbench.load.workload import ConfigError
+from servingbench.errors import ConfigError
 from servingbench.measure.environment import Hardware
 from servingbench.suite.models import ModelSpec, platform_dtypes, serving_dtype
 from servingbench.servers.hf.config import HFConfig

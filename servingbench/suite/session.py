@@ -20,12 +20,11 @@ from servingbench.measure.http import open_url
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
 from servingbench.load.conversation import run_conversations
-from servingbench.load.dataset_files import DatasetError
 from servingbench.load.datasets import Codec
 from servingbench.load.generator import LoadResult, run_load
 from servingbench.suite.selftest import SelfTest, client_error_note, self_test
 from servingbench.load.workers import run_load_workers
-from servingbench.load.workload import ConfigError
+from servingbench.errors import ConfigError
 from servingbench.measure.files import atomic_write_json
 from servingbench.suite.capacity import CAPACITY_SCHEMA, Capacity
 from servingbench.suite.workload_figures import (PrefixWatch, load_codec, reasoning_figures, token_count_notes,
@@ -67,6 +66,7 @@ class BenchSession:
     replay_dir: Path | None = None  # read measurements saved by an earlier run instead of running them
     measurements: dict[str, Measurement] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    _config_errors: set[str] = field(default_factory=set)  # keys of errors that are the workload's, not the server's
     pool: ServerPool = field(init=False)
     _runs_per_config: dict[str, int] = field(default_factory=dict)
     _self_tests: dict[tuple[int, int], SelfTest] = field(default_factory=dict)
@@ -104,6 +104,8 @@ class BenchSession:
         if key in self.measurements:
             return self.measurements[key]
         if key in self.errors:
+            if key in self._config_errors:
+                raise ConfigError(self.errors[key])
             raise ServerUnavailable(self.errors[key])
         if self.replay_dir is not None:
             return self._replay(key)
@@ -148,9 +150,10 @@ class BenchSession:
                         result = asyncio.run(run_load(url, model, specs, shape, api_key=self.api_key,
                                                       progress=self.progress, warmup_specs=warmup,
                                                       before_measured=before))
-        except (DatasetError, ConfigError) as e:
+        except ConfigError as e:  # a DatasetError too: the workload is broken, not the server; it fails, never skips
             self.errors[key] = str(e)
-            raise ServerUnavailable(str(e)) from None
+            self._config_errors.add(key)
+            raise
         invalid = list(result.invalid)
         warnings = list(result.warnings) + gpu_note + token_count_notes(
             result.records, exact=codec is not None or not workload.sends_text)

@@ -14,15 +14,18 @@ bound, its tier and the file and line it lives on.
 
 from __future__ import annotations
 
-import re
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from servingbench.load.workload import ConfigError, Workload, single_stream, workload_from
+from servingbench.errors import ConfigError
+from servingbench.load.workload import Workload, single_stream, workload_from
+from servingbench.measure import catalog
 from servingbench.measure.metrics import batch_efficiency
-from servingbench.measure.measurement import MissingFigure
+from servingbench.measure.measurement import MissingFigure, _one_run_figures, known_figure
+from servingbench.suite.table_schema import ENTRY_KEYS, TableLines, config_problems, row_problems
 
 if TYPE_CHECKING:
     from servingbench.measure.environment import Hardware
@@ -30,12 +33,11 @@ if TYPE_CHECKING:
     from servingbench.suite.capacity import Capacity
     from servingbench.suite.efficiency import DevicePeaks
 
-ENTRY_KEYS = {"hardware", "model", "config", "workload", "source", "note"}
 PORTABLE = {"any": ("cpu", "gpu"), "any-cpu": ("cpu",), "any-gpu": ("gpu",)}
 ANY_MODEL = "*"
-# Figures computed from two runs of the same config (the workload and its single-stream variant) or against the
-# hardware's peak bandwidth, beside every field a measurement has (Measurement.value).
-DERIVED = {"batch_efficiency", "mbu", "single_stream_mbu", "capacity_rps"}
+# Figures computed from two runs of the same config (the workload and its single-stream variant), against the
+# hardware's peak bandwidth or over a capacity sweep, beside every field a measurement has (Measurement.value).
+DERIVED: set[str] = catalog.derived_for_bounds()
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,11 @@ class ExpectationTable:
         return variants[key]
 
 
-def _entry_lines(text: str) -> list[int]:
-    return [i + 1 for i, line in enumerate(text.splitlines()) if re.match(r"^\s*\[\[\s*expect\s*\]\]", line)]
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def load_table(path: Path | str) -> ExpectationTable:
-    """Parse and check the whole table; a ConfigError lists every problem found, each with its file and line."""
+    """Parse and check the whole table; a ConfigError lists every problem found, each with its file and line.
+
+    Each part is typed (``table_schema``: rows, bounds and configs; ``load/workload_schema``: workloads), so a
+    misspelt config field, ``concurrency = 0`` or ``top_p = 7`` fails here, not when a test runs."""
     from servingbench.suite.run_settings import ENGINES  # the engines a config may name
 
     path = Path(path)
@@ -140,75 +137,64 @@ def load_table(path: Path | str) -> ExpectationTable:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    lines = TableLines(path, text)
     problems: list[str] = []
     workloads: dict[str, dict[str, Workload]] = {}
     for name, variants in (raw.get("workloads") or {}).items():
         if not isinstance(variants, dict):
-            problems.append(f"{path}: [workloads.{name}] must be a table of cpu/gpu variants")
+            problems.append(f"{lines.at('workloads', name)}: [workloads.{name}] must be a table of cpu/gpu variants")
             continue
         for variant, spec in variants.items():
+            where = lines.at("workloads", name, variant)
             try:
                 if not isinstance(spec, dict):
                     raise ConfigError(f"workload {name!r}: variant {variant!r} must be a table, got {spec!r}")
                 workloads.setdefault(name, {})[variant] = workload_from(name, spec, base_dir=path.parent)
             except ConfigError as e:
-                problems.append(f"{path}: {e}")
+                problems.append(f"{where}: {e}")
     configs = raw.get("configs") or {}
     for name, entry in configs.items():
-        engine = entry.get("engine") if isinstance(entry, dict) else None
-        if engine not in ENGINES:
-            problems.append(f"{path}: [configs.{name}] engine = {engine!r}: use one of {sorted(ENGINES)}")
+        problems += [f"{lines.at('configs', *key)}: {problem}" for key, problem in config_problems(name, entry, ENGINES)]
     table = ExpectationTable(path, workloads, configs)
-    lines = _entry_lines(text)
     for i, entry in enumerate(raw.get("expect", [])):
-        where = f"{path}:{lines[i] if i < len(lines) else '?'}"
-        problems += _check_entry(entry, where, table)
-        if any(p.startswith(where + ":") for p in problems):
+        where = lines.row(i)
+        row, mine = row_problems(entry)
+        mine += _references(entry, table, set(raw.get("workloads") or {}))
+        if mine or row is None:
+            problems += [f"{where}: {p}" for p in mine]
             continue
-        hardware = entry["hardware"] if isinstance(entry["hardware"], list) else [entry["hardware"]]
-        for hw in hardware:
-            for metric, spec in entry.items():
-                if metric in ENTRY_KEYS:
-                    continue
-                table.bounds.append(Bound(hw, entry["model"], entry["config"], metric, spec.get("min"),
-                                          spec.get("max"), entry.get("workload", "lab"),
-                                          entry.get("source", "unspecified"), where))
+        for hw in row.hardware:
+            for metric, spec in row.bounds.items():
+                table.bounds.append(Bound(hw, row.model, row.config, metric, spec.min, spec.max, row.workload,
+                                          row.source, where))
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the expectations table:\n  " + "\n  ".join(problems))
     return table
 
 
-def _check_entry(entry: dict[str, Any], where: str, table: ExpectationTable) -> list[str]:
+def _references(entry: dict[str, Any], table: ExpectationTable, workloads: set[str]) -> list[str]:
+    """What a row names that the table must define: its config, workload (one of ``workloads``, broken or not:
+    its own problems are reported at its line) and ratio configs; model "*" on portable rows only."""
     out = []
-    for key in ("hardware", "model", "config"):
-        if key not in entry:
-            out.append(f"{where}: [[expect]] entry has no {key!r}")
     hw = entry.get("hardware")
-    if hw is not None and not (isinstance(hw, str) or (isinstance(hw, list) and hw and all(isinstance(h, str) for h in hw))):
-        out.append(f"{where}: hardware must be a key, a list of keys, or one of {sorted(PORTABLE)}; got {hw!r}")
-    for key in ("model", "config", "workload", "source", "note"):
-        if key in entry and not isinstance(entry[key], str):
-            out.append(f"{where}: {key} must be a string, got {entry[key]!r}")
-    if entry.get("model") == ANY_MODEL and hw not in PORTABLE:
-        out.append(f"{where}: model = \"*\" is for portable rows only (hardware = {sorted(PORTABLE)})")
+    hardware = hw if isinstance(hw, list) else [hw]
+    if entry.get("model") == ANY_MODEL and not all(isinstance(h, str) and h in PORTABLE for h in hardware):
+        out.append(f"model = \"*\" is for portable rows only (hardware = {sorted(PORTABLE)})")
     if isinstance(entry.get("config"), str) and entry["config"] not in table.configs:
-        out.append(f"{where}: config {entry['config']!r} is not defined under [configs] "
+        out.append(f"config {entry['config']!r} is not defined under [configs] "
                    f"(defined: {', '.join(sorted(table.configs)) or 'none'})")
     workload = entry.get("workload", "lab")
-    if isinstance(workload, str) and workload not in table.workloads:
-        out.append(f"{where}: workload {workload!r} is not defined under [workloads] "
-                   f"(defined: {', '.join(sorted(table.workloads)) or 'none'})")
-    for metric, spec in entry.items():
-        if metric in ENTRY_KEYS:
-            continue
-        if not isinstance(spec, dict) or not spec or not set(spec) <= {"min", "max"}:
-            out.append(f"{where}: bound {metric!r} must be a table with min and/or max, got {spec!r}")
-        elif not all(_is_number(v) for v in spec.values()):
-            out.append(f"{where}: bound {metric!r}: min and max must be numbers, got {spec!r}")
-        elif "min" in spec and "max" in spec and spec["min"] > spec["max"]:
-            out.append(f"{where}: bound {metric!r}: min {spec['min']} > max {spec['max']}")
-        if "/" in metric and metric.split("/", 1)[1] not in table.configs:
-            out.append(f"{where}: ratio {metric!r} names config {metric.split('/', 1)[1]!r}, which is not defined "
+    if isinstance(workload, str) and workload not in workloads:
+        out.append(f"workload {workload!r} is not defined under [workloads] "
+                   f"(defined: {', '.join(sorted(workloads)) or 'none'})")
+    for metric in entry:
+        base = metric.split("/", 1)[0]
+        if metric not in ENTRY_KEYS and not (known_figure(base) or base in DERIVED):
+            near = difflib.get_close_matches(base, sorted(_one_run_figures() | DERIVED), n=1)
+            out.append(f"bound {metric!r}: no metric {base!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                       + f" (a measurement's figures, README \"Metric definitions\", or {sorted(DERIVED)})")
+        if metric not in ENTRY_KEYS and "/" in metric and metric.split("/", 1)[1] not in table.configs:
+            out.append(f"ratio {metric!r} names config {metric.split('/', 1)[1]!r}, which is not defined "
                        "under [configs]")
     return out
 

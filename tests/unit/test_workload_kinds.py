@@ -167,7 +167,7 @@ def test_workload_entries_report_every_problem() -> None:
     with pytest.raises(ConfigError) as e:
         workload_from("w", {"num_requests": 0, "concurrency": 2, "kind": "dataset", "rates": [4, 2]})
     msg = str(e.value)
-    for part in ("num_requests must be an integer >= 1", 'kind "dataset" needs dataset', "rates must be ascending",
+    for part in ("num_requests = 0: input should be greater than or equal to 1", 'kind "dataset" needs dataset', "rates must be ascending",
                  "needs an SLO"):
         assert part in msg, msg
     with pytest.raises(ConfigError, match="unknown field"):
