@@ -57,7 +57,7 @@ GOALS: dict[str, tuple[dict[str, float], float]] = {
 }
 # Fields a stored baseline must share with the run; --gate-allow-mismatch FIELD (or a prefix: "versions") overrides.
 ENGINE_VERSIONS = {"vllm": ("vllm", "torch"), "hf": ("transformers", "torch")}
-NO_NOISE_FIX = ("fix: record this hardware's lifetime spread with `make calibrate` (servingbench calibrate) so the "
+NO_NOISE_FIX = ("fix: record this hardware's lifetime spread with `servingbench calibrate` so the "
                 "gate can use it, or A/B servers the suite starts (--ab-config, --ab-python), which it restarts")
 
 
@@ -136,7 +136,7 @@ def refuse_mismatches(mismatches: Sequence[str], allow: Sequence[str], path: Pat
     refused = [m for m in mismatches if m not in allowed]
     if refused:
         raise ValueError(f"{path} was recorded on something else than this run: {'; '.join(refused)}. Record a "
-                         "baseline for it (make calibrate), or compare anyway with "
+                         "baseline for it (servingbench calibrate), or compare anyway with "
                          + " ".join(f"--gate-allow-mismatch {m.split(':')[0]}" for m in refused))
     return allowed
 
@@ -208,7 +208,7 @@ def stored_baseline(folder: Path, config: str) -> tuple[RoundsFile, list[Round]]
     path = folder / "rounds.json"
     if not path.is_file():
         raise FileNotFoundError(f"no rounds baseline at {path}: record one on a quiet machine of this hardware "
-                                "with `make calibrate` (servingbench calibrate), review and commit it")
+                                "with `servingbench calibrate`, review and commit it")
     calibration = RoundsFile.load(path)
     rounds = calibration.of(config)
     if not rounds:
