@@ -14,7 +14,7 @@ from typing import Any, Generator, Sequence
 
 import pytest
 
-from servingbench.plugin import baselines
+from servingbench.plugin import baselines, ci
 from servingbench.plugin.options import add_options
 from servingbench.plugin.state import STATE, resolve, state_of
 from servingbench.plugin.table import BoundItem, asserted_bounds, summary_text
@@ -195,28 +195,39 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     state = config.stash.get(STATE, None)
     if state is None:
         return
-    _session_summary(terminalreporter, config)
-    baselines.write_terminal_summary(terminalreporter, config, state)
+    tr = terminalreporter
+    markdown = _session_summary(tr, config)
+    baselines.write_terminal_summary(tr, config, state)
     if state.gate_reports:
-        tr = terminalreporter
         tr.section("servingbench regression gate")
         for report in state.gate_reports:
             tr.write_line(report.table())
         if state.session is not None:
             tr.write_line(f"verdicts: {save_reports(state.session.results_dir, state.gate_reports)}")
+        markdown += ci.gate_markdown(state.gate_reports)
+    try:
+        written = ci.append_step_summary(markdown)
+    except OSError as e:  # the results are on disk; CI's page just lacks the summary
+        tr.write_line(f"job summary: not written to ${ci.STEP_SUMMARY}: {e}", red=True)
+    else:
+        if written is not None:
+            tr.write_line(f"job summary: appended to {written}")
 
 
-def _session_summary(tr: Any, config: pytest.Config) -> None:
+def _session_summary(tr: Any, config: pytest.Config) -> str:
+    """Print the session summary and write it to the results directory; returns it as Markdown for CI."""
     state = state_of(config)
     session = state.session
     if session is None or not (session.measurements or session.errors):
-        return
+        return ""
     p = session.settings
-    tr.section(f"servingbench: {p.hardware.key} / {p.model.name}")
+    title = f"servingbench: {p.hardware.key} / {p.model.name}"
+    tr.section(title)
     measured = list(session.measurements.values())
     if measured:
         tr.write_line(text_table(measured))
-    for line in baseline_lines(measured):  # vLLM over hf and, where measured, over hf-batch8
+    ratios = baseline_lines(measured)  # vLLM over hf and, where measured, over hf-batch8
+    for line in ratios:
         tr.write_line(line)
     notes = [w for m in measured for w in m.warnings]
     notes.append(f"thresholds: {summary_text(state, state.asserted)}")
@@ -229,6 +240,8 @@ def _session_summary(tr: Any, config: pytest.Config) -> None:
     tr.write_line(f"results: {session.results_dir}")
     if config.getoption("--report") or config.getoption("--report-dir"):
         _write_report(config, session.results_dir, tr)
+    return ci.session_markdown(title, measured, ratios + [f"note: {n}" for n in notes]
+                               + [f"results: {session.results_dir}"])
 
 
 def _write_report(config: pytest.Config, results_dir: Path, tr: Any) -> None:

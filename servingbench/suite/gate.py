@@ -157,10 +157,12 @@ class GateReport:
     def regressed(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.failed()]
 
+    def heading(self) -> str:
+        return (f"{self.config} ({self.mode}, {self.lifetimes} lifetime(s) x {self.rounds} rounds a side, "
+                f"each test one-sided at {self.alpha:.3g})")
+
     def table(self) -> str:
-        head = (f"{self.config} ({self.mode}, {self.lifetimes} lifetime(s) x {self.rounds} rounds a side, "
-                f"each test one-sided at {self.alpha:.3g}):")
-        return "\n".join([head, verdict_table(self.verdicts), *(f"  note: {n}" for n in self.notes)])
+        return "\n".join([self.heading() + ":", verdict_table(self.verdicts), *(f"  note: {n}" for n in self.notes)])
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "mode": self.mode, "rounds": self.rounds, "lifetimes": self.lifetimes,
