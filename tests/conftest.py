@@ -46,7 +46,6 @@ def write_user_project(root: Path, test_source: str) -> Path:
     return root
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +55,11 @@ def table_project() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 def run_table(root: Path, table: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """A user's project that is only an expectations table and the suite's generated tests, run as a user runs it
-    (its own pytest, the plugin from its entry point), with its results under ``root / "results"``."""
+    """A user's project that is only an expectations table, no test file (the plugin collects the table, one test
+    per bound), run as a user runs it (its own pytest, the plugin from its entry point), with its results under
+    ``root / "results"``."""
     (root / "perf").mkdir(parents=True, exist_ok=True)
     (root / "perf" / "expected_performance.toml").write_text(table)
-    (root / "perf" / "test_expected_performance.py").write_text(
-        (REPO / "perf" / "test_expected_performance.py").read_text())
     (root / "pytest.ini").write_text("[pytest]\n")
     return subprocess.run([sys.executable, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA",
                            "--results-dir", str(root / "results"), *args], cwd=root, capture_output=True,

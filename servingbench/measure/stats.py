@@ -195,18 +195,25 @@ def compare_failures(baseline_failed: int | None, baseline_requests: int | None,
                    **kw)  # type: ignore[arg-type]
 
 
-def verdict_table(verdicts: Sequence[Verdict]) -> str:
-    """Aligned plain-text table, one row per verdict, for logs and CI output; the CI header states its level."""
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
+    """The header and one row of cells per verdict, shared by the text table and the Markdown one (CI's job
+    summary), so both say the same; the CI header states its level."""
     levels = {v.ci_level for v in verdicts if math.isfinite(v.ci_level)}
     ci = f"CI ({_level(levels.pop())})" if len(levels) == 1 else "CI"
     header = ("metric", "status", "change", ci, "MDR", "baseline", "current", "method")
-    rows = [header] + [
+    return [header] + [
         (v.metric, v.status, _pct(v.change),
          "-" if math.isnan(v.ci_low) else f"[{_pct(v.ci_low)}, {_pct(v.ci_high)}]",
          _pct(v.mdr, signed=False), f"{v.baseline:.4g}", f"{v.current:.4g}",
          f"{v.method} ({v._sizes})" + (f"; {v.note}" if v.note else ""))
         for v in verdicts
     ]
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> str:
+    """Aligned plain-text table, one row per verdict, for logs and CI output."""
+    rows = verdict_rows(verdicts)
+    header = rows[0]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     right = {2, 3, 4, 5, 6}  # numeric columns
     lines = []

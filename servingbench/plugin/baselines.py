@@ -29,7 +29,7 @@ from servingbench.plugin.state import PluginState
 BENCHMARK_STORAGE_DEFAULT = "file://./.benchmarks"  # pytest-benchmark's own default: "not set by the user"
 INFO_KEY = "servingbench"
 SCHEMA = "servingbench.baselines/1"
-RECORD_HINT = "record one with `make baselines` (pytest perf/test_baselines.py --benchmark-save=baseline)"
+RECORD_HINT = "record one with `pytest perf/test_baselines.py --benchmark-save=baseline`"
 
 
 def choose_storage(config: pytest.Config, state: PluginState) -> None:

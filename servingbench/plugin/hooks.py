@@ -1,4 +1,4 @@
-"""The plugin's hooks: configure, test generation and ordering, server stops, the baseline store, the summary.
+"""The plugin's hooks: configure, test ordering, server stops, the baseline store, the summary.
 
 Thin by design: each hook reads the one ``PluginState`` (``plugin/state.py``) and hands the work to the module
 that owns it. Items are ordered so that all tests of one server config run together, and the pool stops a server
@@ -14,9 +14,10 @@ from typing import Any, Generator, Sequence
 
 import pytest
 
-from servingbench.plugin import baselines
+from servingbench.plugin import baselines, ci
 from servingbench.plugin.options import add_options
-from servingbench.plugin.state import STATE, PluginState, resolve, state_of
+from servingbench.plugin.state import STATE, resolve, state_of
+from servingbench.plugin.table import BoundItem, asserted_bounds, summary_text
 from servingbench.report.summary import baseline_lines, text_table, write_summary
 from servingbench.servers.process import LEAKED, ServerProcess
 from servingbench.suite.gate import save_reports
@@ -38,11 +39,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "servers(*configs): the named server configs a test measures (for "
                             "ordering and server stops)")
     config.addinivalue_line("markers", "slow: takes minutes (real servers under sustained load)")
+    _asyncio_loop_scope(config)
     state = config.stash[STATE] = resolve(config)
     baselines.choose_storage(config, state)
     atexit.register(ServerProcess.stop_all)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
+
+
+ASYNCIO_LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
+
+
+def _asyncio_loop_scope(config: pytest.Config) -> None:
+    """pytest-asyncio warns (PytestDeprecationWarning) in every session whose ini file leaves its fixture loop scope
+    unset, and a user's project has no reason to set it: unless the project chose one, use "function", the default
+    pytest-asyncio announces. ``getini`` has no public setter, so this fills its cache before pytest-asyncio's
+    configure hook (not tryfirst) reads it."""
+    try:
+        if config.getini(ASYNCIO_LOOP_SCOPE):
+            return
+    except ValueError:  # pytest-asyncio is not installed: nothing to set
+        return
+    config._inicache[ASYNCIO_LOOP_SCOPE] = "function"
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -52,33 +70,6 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     baselines.check_before_start(session, state_of(session.config))
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "bound" not in metafunc.fixturenames:
-        return
-    state = state_of(metafunc.config)
-    bounds = state.bounds()
-    if bounds:
-        metafunc.parametrize("bound", bounds, ids=[b.test_id for b in bounds])
-    else:
-        reason = f"no thresholds apply: {_tiers(state)}; the measurements still run and are reported"
-        metafunc.parametrize("bound", [pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=["none"])
-
-
-def _tiers(state: PluginState) -> str:
-    """Which tiers of the table apply to this run, and how to add exact rows where there are none."""
-    bounds = state.bounds()
-    exact = sum(b.tier == "exact" for b in bounds)
-    portable = len(bounds) - exact
-    hw, model = state.hardware, state.model.name
-    text = (f"hardware {hw.key} with model {model}: {exact} exact bound(s), {portable} portable bound(s) "
-            f"(any-{hw.device_class})")
-    if not exact and state.table is not None:
-        text += (f"; the table has no exact rows for {hw.key} (it has: {', '.join(state.table.hardware_keys())}); "
-                 f"to add them, run `make calibrate` (servingbench calibrate) on a quiet machine and review the "
-                 f"[[expect]] rows it proposes in {state.table.path}")
-    return text
 
 
 def _needs(item: pytest.Item) -> tuple[str, ...]:
@@ -97,7 +88,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     that measure are marked ``perf``."""
     state = state_of(config)
     skip_gpu = pytest.mark.skip(reason="needs --gpu (a CUDA GPU and vLLM's CUDA build)")
-    skip_study = pytest.mark.skip(reason="a study: run with --studies (make studies)")
+    skip_study = pytest.mark.skip(reason="a study: run with --studies")
     studies = config.getoption("--studies")
     order: dict[str, int] = {}
     for item in items:
@@ -136,6 +127,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     holds the machine, when a selected MBU bound needs it and no datasheet figure is known."""
     state = state_of(session.config)
     state.baselines.collected = {i.nodeid for i in session.items}
+    state.asserted = asserted_bounds(session.items)
     if session.config.option.collectonly:
         return
     wanted = {b.base_metric for i in session.items if isinstance(b := _bound_of(i), Bound)}
@@ -144,8 +136,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def _bound_of(item: pytest.Item) -> Bound | None:
-    params = getattr(item, "callspec", None)
-    return params.params.get("bound") if params else None
+    return item.bound if isinstance(item, BoundItem) else None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -204,31 +195,42 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     state = config.stash.get(STATE, None)
     if state is None:
         return
-    _session_summary(terminalreporter, config)
-    baselines.write_terminal_summary(terminalreporter, config, state)
+    tr = terminalreporter
+    markdown = _session_summary(tr, config)
+    baselines.write_terminal_summary(tr, config, state)
     if state.gate_reports:
-        tr = terminalreporter
         tr.section("servingbench regression gate")
         for report in state.gate_reports:
             tr.write_line(report.table())
         if state.session is not None:
             tr.write_line(f"verdicts: {save_reports(state.session.results_dir, state.gate_reports)}")
+        markdown += ci.gate_markdown(state.gate_reports)
+    try:
+        written = ci.append_step_summary(markdown)
+    except OSError as e:  # the results are on disk; CI's page just lacks the summary
+        tr.write_line(f"job summary: not written to ${ci.STEP_SUMMARY}: {e}", red=True)
+    else:
+        if written is not None:
+            tr.write_line(f"job summary: appended to {written}")
 
 
-def _session_summary(tr: Any, config: pytest.Config) -> None:
+def _session_summary(tr: Any, config: pytest.Config) -> str:
+    """Print the session summary and write it to the results directory; returns it as Markdown for CI."""
     state = state_of(config)
     session = state.session
     if session is None or not (session.measurements or session.errors):
-        return
+        return ""
     p = session.settings
-    tr.section(f"servingbench: {p.hardware.key} / {p.model.name}")
+    title = f"servingbench: {p.hardware.key} / {p.model.name}"
+    tr.section(title)
     measured = list(session.measurements.values())
     if measured:
         tr.write_line(text_table(measured))
-    for line in baseline_lines(measured):  # vLLM over hf and, where measured, over hf-batch8
+    ratios = baseline_lines(measured)  # vLLM over hf and, where measured, over hf-batch8
+    for line in ratios:
         tr.write_line(line)
     notes = [w for m in measured for w in m.warnings]
-    notes.append(f"thresholds: {_tiers(state)}")
+    notes.append(f"thresholds: {summary_text(state, state.asserted)}")
     notes += [f"{key}: {err.splitlines()[0]}" for key, err in session.errors.items()]
     notes += [f"leaked: {leak}" for leak in LEAKED]  # a server that outlived SIGKILL may skew what came after
     for n in notes:
@@ -238,6 +240,8 @@ def _session_summary(tr: Any, config: pytest.Config) -> None:
     tr.write_line(f"results: {session.results_dir}")
     if config.getoption("--report") or config.getoption("--report-dir"):
         _write_report(config, session.results_dir, tr)
+    return ci.session_markdown(title, measured, ratios + [f"note: {n}" for n in notes]
+                               + [f"results: {session.results_dir}"])
 
 
 def _write_report(config: pytest.Config, results_dir: Path, tr: Any) -> None:

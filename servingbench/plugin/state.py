@@ -50,6 +50,7 @@ class PluginState:
     tensor_parallel_size: int = 1
     session: BenchSession | None = None
     items: list[pytest.Item] = field(default_factory=list)
+    asserted: list[Bound] = field(default_factory=list)  # the bounds of the selected table items
     baselines: BaselineState = field(default_factory=BaselineState)
     gate_reports: list[GateReport] = field(default_factory=list)
     _peaks: dict[int, DevicePeaks | None] = field(default_factory=dict)
@@ -108,6 +109,25 @@ def check_reachable(option: str, url: str, api_key: str | None) -> None:
                                 "URL") from None
 
 
+def _table_option(config: pytest.Config) -> str | None:
+    """The table the user names: ``--expectations PATH``, or a ``.toml`` given on the command line (``pytest
+    perf/my_table.toml``), which pytest then collects as the tests. Two different tables stop the session: the
+    session measures one table's configs and workloads."""
+    given = config.getoption("--expectations")
+    named = []
+    for arg in config.args:
+        path = config.invocation_params.dir / arg.split("::")[0]
+        if path.suffix == ".toml" and path.is_file() and path.resolve() not in named:
+            named.append(path.resolve())
+    if given and any(p != (config.invocation_params.dir / given).resolve() for p in named):
+        raise pytest.UsageError(f"--expectations {given} and {', '.join(map(str, named))} on the command line: a "
+                                "session asserts one table; name only one of them")
+    if len(named) > 1:
+        raise pytest.UsageError(f"{len(named)} tables on the command line ({', '.join(map(str, named))}): a "
+                                "session asserts one table; run one session per table")
+    return given or (str(named[0]) if named else None)
+
+
 def resolve(config: pytest.Config) -> PluginState:
     """Hardware, model and table for this session, from the options; bad options stop the session at once."""
     gpu = bool(config.getoption("--gpu"))
@@ -136,7 +156,7 @@ def resolve(config: pytest.Config) -> PluginState:
         url = config.getoption(option, default=None)
         if url and not replay:
             check_reachable(option, url, config.getoption("--api-key"))
-    given = config.getoption("--expectations")
+    given = _table_option(config)
     table_path = Path(given) if given else default_table_path(Path(config.rootpath))
     table = None
     if given and not table_path.is_file():

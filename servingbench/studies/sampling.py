@@ -132,7 +132,7 @@ def machine_noise(hardware_keys: Iterable[str | None], config: str | None, metri
     folder = Path(baselines) if baselines is not None else Path.cwd() / "baselines"
     path = folder / keys[0] / ROUNDS_FILE
     if not path.is_file():
-        return default_noise(default, f"no {path} exists for hardware {keys[0]} (record one with `make calibrate`)")
+        return default_noise(default, f"no {path} exists for hardware {keys[0]} (record one with `servingbench calibrate`)")
     try:
         rounds = RoundsFile.load(path)
     except (OSError, ValueError, KeyError, TypeError) as e:

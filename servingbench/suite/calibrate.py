@@ -1,7 +1,7 @@
 """Calibration in one command: lifetimes of rounds of the lab load, the noise model, proposed table rows.
 
-``servingbench calibrate`` (``make calibrate``) runs, on a quiet machine, R rounds of the lab load per config in
-each of L server lifetimes (the server restarts between lifetimes), plus one single-stream run per config and
+``servingbench calibrate`` (``make calibrate`` in this repo) runs, on a quiet machine, R rounds of the lab load per
+config in each of L server lifetimes (the server restarts between lifetimes), plus one single-stream run per config and
 lifetime for batch efficiency. It writes ``baselines/<key>/rounds.json``: every round, and per config and metric
 the noise model's estimates (``measure/noise.py``): sL between lifetimes, sr between rounds of one lifetime, their
 degrees of freedom, and how much the lifetime term weighs. It proposes ``[[expect]]`` rows for this hardware key in

@@ -54,7 +54,7 @@ GOALS: dict[str, tuple[dict[str, float], float]] = {
 }
 # Fields a stored baseline must share with the run; --gate-allow-mismatch FIELD (or a prefix: "versions") overrides.
 ENGINE_VERSIONS = {"vllm": ("vllm", "torch"), "hf": ("transformers", "torch")}
-NO_NOISE_FIX = ("fix: record this hardware's lifetime spread with `make calibrate` (servingbench calibrate) so the "
+NO_NOISE_FIX = ("fix: record this hardware's lifetime spread with `servingbench calibrate` so the "
                 "gate can use it, or A/B servers the suite starts (--ab-config, --ab-python), which it restarts")
 
 
@@ -133,7 +133,7 @@ def refuse_mismatches(mismatches: Sequence[str], allow: Sequence[str], path: Pat
     refused = [m for m in mismatches if m not in allowed]
     if refused:
         raise ValueError(f"{path} was recorded on something else than this run: {'; '.join(refused)}. Record a "
-                         "baseline for it (make calibrate), or compare anyway with "
+                         "baseline for it (servingbench calibrate), or compare anyway with "
                          + " ".join(f"--gate-allow-mismatch {m.split(':')[0]}" for m in refused))
     return allowed
 
@@ -154,10 +154,12 @@ class GateReport:
     def regressed(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.failed()]
 
+    def heading(self) -> str:
+        return (f"{self.config} ({self.mode}, {self.lifetimes} lifetime(s) x {self.rounds} rounds a side, "
+                f"each test one-sided at {self.alpha:.3g})")
+
     def table(self) -> str:
-        head = (f"{self.config} ({self.mode}, {self.lifetimes} lifetime(s) x {self.rounds} rounds a side, "
-                f"each test one-sided at {self.alpha:.3g}):")
-        return "\n".join([head, verdict_table(self.verdicts), *(f"  note: {n}" for n in self.notes)])
+        return "\n".join([self.heading() + ":", verdict_table(self.verdicts), *(f"  note: {n}" for n in self.notes)])
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "mode": self.mode, "rounds": self.rounds, "lifetimes": self.lifetimes,
@@ -205,7 +207,7 @@ def stored_baseline(folder: Path, config: str) -> tuple[RoundsFile, list[Round]]
     path = folder / "rounds.json"
     if not path.is_file():
         raise FileNotFoundError(f"no rounds baseline at {path}: record one on a quiet machine of this hardware "
-                                "with `make calibrate` (servingbench calibrate), review and commit it")
+                                "with `servingbench calibrate`, review and commit it")
     calibration = RoundsFile.load(path)
     rounds = calibration.of(config)
     if not rounds:

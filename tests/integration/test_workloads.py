@@ -112,7 +112,7 @@ def test_every_bound_of_every_kind_passes(run: dict[str, Any]) -> None:
     proc = run["proc"]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    passed = re.findall(r"^PASSED perf/test_expected_performance.py::test_expectation\[(.+?)\]", out, re.M)
+    passed = re.findall(r"^PASSED perf/expected_performance.toml::test_expectation\[(.+?)\]", out, re.M)
     assert len(passed) == len(WORKLOADS) + 1 + 2, out[-3000:]  # failure_rate per workload, hit rate, capacity
 
 

@@ -128,4 +128,4 @@ def test_ab_of_deployments_without_stored_spread_is_inconclusive_with_the_fix(tm
     report = reports[0]
     assert "restart" not in bench.log and report.lifetimes == 1
     assert rng_log == ["vllm", "vllm@B", "vllm@B", "vllm", "vllm", "vllm@B"]  # rounds in ABBA order
-    assert all(v.status == "inconclusive" and "make calibrate" in v.note for v in report.verdicts[:-1])
+    assert all(v.status == "inconclusive" and "servingbench calibrate" in v.note for v in report.verdicts[:-1])

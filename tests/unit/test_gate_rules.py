@@ -82,7 +82,7 @@ def test_one_lifetime_a_side_needs_stored_lifetimes() -> None:
     a, b = rounds(1, 1, 3), rounds(2, 1, 3)
     vs, _ = judge(a, b)
     assert all(v.status == "inconclusive" for v in vs if v.metric != "failure_rate")
-    assert all("make calibrate" in v.note for v in vs if v.metric != "failure_rate")
+    assert all("servingbench calibrate" in v.note for v in vs if v.metric != "failure_rate")
     vs, noises = judge(a, b, stored=rounds(5, 6, 3), stored_source="baselines/x/rounds.json")
     assert all(math.isfinite(v.mdr) for v in vs if v.metric != "failure_rate")
     assert noises["output_throughput"].dz == 5 and "baselines/x/rounds.json" in vs[0].note

@@ -10,7 +10,9 @@ efficiency figures follow the stated formulas, and a recommendation changes when
 from __future__ import annotations
 
 import json
+import os
 import re
+import xml.etree.ElementTree as ET
 import shutil
 import subprocess
 import sys
@@ -398,13 +400,6 @@ batch_efficiency = { max = 100 }
 """
 
 TESTS = '''
-from servingbench.suite.thresholds import bound_value
-
-def test_expectation(bound, bench, expectations, measure_or_skip):
-    value = bound_value(bound, measure_or_skip, lambda c: bench.workload(expectations, bound.workload, c))
-    problem = bound.violation(value)
-    assert problem is None, problem
-
 def test_third_level(bench, expectations):
     w = bench.workload(expectations, "lab", "hf-b4")
     assert bench.measure("hf-b4", w.replace(concurrency=2)).metrics.failed == 0
@@ -428,15 +423,35 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "expected.toml").write_text(TABLE)
     (d / "test_perf.py").write_text(TESTS)
     (d / "pytest.ini").write_text("[pytest]\n")
+    (d / "step_summary.md").write_text("an earlier step's summary\n")  # as GitHub Actions gives it: appended to
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                            "--expectations", "expected.toml", "--profile", "test-hw", "--results-dir",
-                           str(d / "results"), "--report", "-v", "test_perf.py"],
-                          cwd=d, capture_output=True, text=True, timeout=600)
+                           str(d / "results"), "--report", "-v", "--junitxml", str(d / "junit.xml"),
+                           "expected.toml", "test_perf.py"], cwd=d, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "GITHUB_STEP_SUMMARY": str(d / "step_summary.md")})
     out = proc.stdout + proc.stderr
     assert re.search(r"1 failed, 5 passed", out), out  # hf's TTFT bound of 0.001 ms is meant to fail
     assert f"report: {d / 'results' / 'report' / 'report.md'}" in out, out
     (d / "peaks.toml").write_text(PEAKS)
     return d
+
+
+def test_ci_gets_the_summary_in_markdown_and_each_bounds_figures_in_junit(session_dir: Path) -> None:
+    """$GITHUB_STEP_SUMMARY: the session summary appended in Markdown; --junitxml: each bound test's measured
+    value, bound and tier as properties, the failing one's too."""
+    md = (session_dir / "step_summary.md").read_text()
+    assert md.startswith("an earlier step's summary\n## servingbench: test-hw / cpu-llama-36m\n"), md[:300]
+    assert re.search(r"^\| hf-b4 \| lab n8 c4 32/16 \| 8/0 \|", md, re.M), md
+    assert "- note: thresholds: hardware test-hw with model cpu-llama-36m: 5 exact bound(s), 0 portable" in md, md
+    cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
+             for c in ET.parse(session_dir / "junit.xml").getroot().iter("testcase")}
+    bounds = {name: props for name, props in cases.items() if name.startswith("test_expectation[")}
+    assert len(bounds) == 5, cases
+    ttft = bounds["test_expectation[test-hw:hf:median_ttft_ms]"]
+    assert ttft["tier"] == "exact" and ttft["bound"] == "<= 0.001" and ttft["metric"] == "median_ttft_ms", ttft
+    assert float(ttft["measured"]) > 0.001, ttft  # the failing bound carries the figure that failed it
+    assert re.fullmatch(r"expected\.toml:\d+", ttft["location"]), ttft  # as --expectations named it
+    assert all(float(p["measured"]) >= 0 for p in bounds.values()), bounds
 
 
 def report(src: Path, out: Path, *flags: str) -> tuple[str, dict[str, Any]]:

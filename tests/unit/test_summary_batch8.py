@@ -76,7 +76,8 @@ def test_terminal_summary_prints_the_batch8_ratio(tmp_path: Path) -> None:
     hardware, model = SimpleNamespace(key="cpu-2c-amx", device_class="cpu"), SimpleNamespace(name="cpu-llama-36m")
     session = SimpleNamespace(measurements={m.key: m for m in (VLLM, HF, HF8)}, errors={}, results_dir=tmp_path,
                               settings=SimpleNamespace(hardware=hardware, model=model))
-    state = SimpleNamespace(session=session, hardware=hardware, model=model, table=None, bounds=lambda: [])
+    state = SimpleNamespace(session=session, hardware=hardware, model=model, table=None, bounds=lambda: [],
+                            asserted=[])
     config = SimpleNamespace(stash={STATE: state}, getoption=lambda name, default=None: None)
     written: list[str] = []
     tr = SimpleNamespace(section=lambda *a, **k: None, write_line=lambda line, **k: written.append(line))
