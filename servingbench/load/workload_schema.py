@@ -53,6 +53,7 @@ class WorkloadEntry(BaseModel):
     slo_ttft_ms: Optional[Millis] = None
     slo_tpot_ms: Optional[Millis] = None
     capacity_steps: Annotated[int, Field(ge=0)] = 3
+    rate_seconds: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = 30.0  # workload.RATE_SECONDS
     deadline_s: Optional[Annotated[float, Field(gt=0)]] = None
     max_schedule_lag_ms: Millis = 100.0
     max_queue_ms: Millis = 100.0

@@ -111,7 +111,7 @@ def check_reachable(option: str, url: str, api_key: str | None) -> None:
 
 def _table_option(config: pytest.Config) -> str | None:
     """The table the user names: ``--expectations PATH``, or a ``.toml`` given on the command line (``pytest
-    perf/my_table.toml``), which pytest then collects as the tests. Two different tables stop the session: the
+    my_table.toml``), which pytest then collects as the tests. Two different tables stop the session: the
     session measures one table's configs and workloads."""
     given = config.getoption("--expectations")
     named = []

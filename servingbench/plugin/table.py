@@ -81,7 +81,7 @@ def bound(request: pytest.FixtureRequest) -> Bound:
     pytest.fail(f"{node.nodeid} asks for the `bound` fixture, which only the expectations table's own items "
                 "have: the plugin now collects the table itself (one test per bound, e.g. "
                 "perf/expected_performance.toml::test_expectation[...]); delete this test, a copy of the old "
-                "perf/test_expected_performance.py", pytrace=False)
+                "test_expected_performance.py under perf", pytrace=False)
 
 
 def test_expectation(bound: Bound, bench: Any, expectations: Any, measure_or_skip: Callable[..., Any],

@@ -78,7 +78,7 @@ def test_a_leftover_test_asking_for_bound_says_to_delete_it(tmp_path: Path) -> N
     done = pytest_in(tmp_path, "test_old.py")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "asks for the `bound` fixture, which only the expectations table's own items have" in done.stdout
-    assert "delete this test, a copy of the old perf/test_expected_performance.py" in done.stdout
+    assert "delete this test, a copy of the old test_expected_performance.py under perf" in done.stdout
 
 
 def test_pytest_asyncio_needs_no_ini_line_and_a_projects_choice_is_kept(tmp_path: Path) -> None:
