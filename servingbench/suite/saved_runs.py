@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -113,8 +113,8 @@ def read_side(specs: Sequence[str], config: str) -> Side:
                 if not stored:
                     raise SavedRunError(f"{f}: no rounds of config {config!r}; choose one with --config")
                 for r in stored:
-                    side.rounds.append(Round(**{**r.__dict__, "lifetime": lifetime((f, "rounds", r.lifetime)),
-                                                "index": len(side.rounds)}))
+                    side.rounds.append(replace(r, lifetime=lifetime((f, "rounds", r.lifetime)),
+                                               index=len(side.rounds)))
                 continue
             if "records" not in d and ("ttfts" in d or "output_throughput" in d):
                 m = vllm_bench_measurement(d, f, config)
