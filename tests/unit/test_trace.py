@@ -317,3 +317,21 @@ def test_the_shipped_samples_are_the_generated_ones(tmp_path: Path) -> None:
         assert shipped.read_bytes() == path.read_bytes(), (
             f"{shipped} differs from its generator: python -m servingbench.load.trace_samples servingbench/data/traces")
         assert read_trace(shipped)[0] == fmt and shipped.stat().st_size < 8000
+
+
+def test_the_readme_example_loads_and_its_error_is_the_one_a_bad_line_gets(tmp_path: Path) -> None:
+    import re
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    part = text[text.index("**Trace replay**"):text.index("**Request-rate sweeps")]
+    table = tomllib.loads(re.search(r"```toml\n(.*?)```", part, re.S).group(1))
+    for variant in ("cpu", "gpu"):
+        w = workload_from("mooncake", table["workloads"]["mooncake"][variant], base_dir=tmp_path)
+        assert w.kind == "trace" and w.dataset == str(tmp_path / "traces" / "mooncake.jsonl")
+    p = write(tmp_path, "mooncake.jsonl", '{"timestamp": 0, "input_length": 3, "output_length": 1, "hash_ids": [0]}\n'
+                                          '{"timestamp": 5, "input_length": 3, "output_length": 1, "hash_ids": "7"}\n')
+    with pytest.raises(DatasetError) as e:
+        read_trace(p)
+    shown = re.search(r"\(`(mooncake\.jsonl:2: .*?)`\)", part.replace("\n", " ")).group(1)
+    assert str(e.value).endswith(shown), (str(e.value), shown)
