@@ -155,6 +155,8 @@ class Workload:
         count the client knows; without it (a remote deployment) the server's usage is the only count."""
         if self.kind == "dataset":
             return self._dataset_specs(codec, max_model_len)
+        if self.kind == "trace":  # the prompts only: their send times are trace()'s
+            return self.trace(vocab_size, seed, max_model_len).specs
         if self.kind == "shared-prefix":
             specs = shared_prefix_prompts(self.num_requests, self.prefix_len, self.prompt_len - self.prefix_len,
                                           self.output_len, vocab_size, seed, self.num_prefixes)
