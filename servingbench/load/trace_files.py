@@ -37,7 +37,7 @@ _NEEDS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a full BurstGPT file is over a million of them
 class TraceRequest:
     """One recorded request. Lengths are the trace's own token counts (0 stays 0 here: BurstGPT logs a failed
     request with 0 response tokens; the replay sends at least one token each way)."""
@@ -56,6 +56,9 @@ class _LineError(Exception):
 def _count(row: dict[str, Any], key: str, example: str) -> int:
     """A token count: a whole number >= 0 (a CSV's "374" and "374.0" both read as 374)."""
     v = row.get(key)
+    if v is None:
+        raise _LineError(f"{key!r} is missing (a row shorter than the header?); give every row every column, "
+                         f"e.g. {example}")
     if isinstance(v, str):
         try:
             v = float(v.strip())
@@ -68,6 +71,8 @@ def _count(row: dict[str, Any], key: str, example: str) -> int:
 
 
 def _seconds(v: Any, key: str, unit: float, example: str) -> float:
+    if v is None:
+        raise _LineError(f"{key!r} is missing (a row shorter than the header?); give every row every column")
     if isinstance(v, str):
         try:
             v = float(v.strip())
@@ -78,7 +83,7 @@ def _seconds(v: Any, key: str, unit: float, example: str) -> float:
     return float(v) * unit
 
 
-def _mooncake(raw: str) -> TraceRequest | None:
+def _mooncake(raw: str) -> TraceRequest:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -124,26 +129,26 @@ def detect_format(first_line: str) -> str | None:
     return None
 
 
-def _lines(name: str, fmt: str) -> Iterator[tuple[int, Callable[[], TraceRequest | None]]]:
-    """(line number, a parser of that line) for every data line of the file."""
+def _lines(name: str, fmt: str) -> Iterator[tuple[int, Any]]:
+    """(line number, what the format's parser reads: the raw line, or the needed columns of a CSV row) for every
+    data line of the file; a CSV header without the format's columns raises ``_LineError``."""
     with open(name, encoding="utf-8", newline="") as f:
         if fmt == "mooncake":
-            for no, raw in enumerate(f, 1):
-                if raw.strip():
-                    yield no, (lambda raw=raw: _mooncake(raw))
+            yield from ((no, raw) for no, raw in enumerate(f, 1) if raw.strip())
             return
-        reader = csv.DictReader(f, skipinitialspace=True)
-        header = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = header
+        reader = csv.reader(f, skipinitialspace=True)
+        header = [c.strip().lstrip("\ufeff") for c in next(reader, [])]
         missing = [c for c in _COLUMNS[fmt] if c not in header]
         if missing:
             raise _LineError(f"the CSV header {','.join(header)!r} lacks column(s) {', '.join(map(repr, missing))}; "
                              f"format {fmt!r} needs {_NEEDS[fmt]}")
-        parse = _azure if fmt == "azure" else _burstgpt
+        at = [(c, header.index(c)) for c in _COLUMNS[fmt]]
         for row in reader:
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            yield reader.line_num, (lambda row=row: parse(row))
+            if any(v.strip() for v in row):  # a short row leaves its missing columns None: reported as such
+                yield reader.line_num, {c: row[i] if i < len(row) else None for c, i in at}
+
+
+_PARSE: dict[str, Callable[[Any], TraceRequest]] = {"mooncake": _mooncake, "azure": _azure, "burstgpt": _burstgpt}
 
 
 def read_trace(path: str | os.PathLike[str], format: str | None = None) -> tuple[str, list[TraceRequest]]:
@@ -174,16 +179,16 @@ def read_trace(path: str | os.PathLike[str], format: str | None = None) -> tuple
                   f"\"{found}\" or leave it out to detect it"
             raise DatasetError(f"{name}:1: {msg}", [(1, msg)])
         try:
-            for no, parse in _lines(name, fmt):
+            parse = _PARSE[fmt]
+            for no, item in _lines(name, fmt):
                 try:
-                    req = parse()
+                    req = parse(item)
                 except _LineError as e:
                     total += 1
                     if len(problems) < MAX_PROBLEMS:
                         problems.append((no, str(e)))
                     continue
-                if req is not None:
-                    out.append(TraceRequest(req.time_s, req.input_len, req.output_len, req.hash_ids, no))
+                out.append(TraceRequest(req.time_s, req.input_len, req.output_len, req.hash_ids, no))
         except _LineError as e:  # the CSV header
             raise DatasetError(f"{name}:1: {e}", [(1, str(e))]) from None
     except UnicodeDecodeError:

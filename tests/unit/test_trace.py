@@ -335,3 +335,11 @@ def test_the_readme_example_loads_and_its_error_is_the_one_a_bad_line_gets(tmp_p
         read_trace(p)
     shown = re.search(r"\(`(mooncake\.jsonl:2: .*?)`\)", part.replace("\n", " ")).group(1)
     assert str(e.value).endswith(shown), (str(e.value), shown)
+
+
+def test_a_short_csv_row_names_the_missing_column(tmp_path: Path) -> None:
+    p = write(tmp_path, "b.csv", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                                 "5,ChatGPT,3\n")
+    with pytest.raises(DatasetError, match=r"b.csv:2: 'Response tokens' is missing \(a row shorter than the "
+                                           r"header\?\); give every row every column"):
+        read_trace(p)
