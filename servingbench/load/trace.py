@@ -159,7 +159,8 @@ def expected_hit_rate(prompts: Sequence[Sequence[int]], block_size: int) -> floa
     return hits / total if total else 0.0
 
 
-def hit_range(prompts: Sequence[Sequence[int]], records: Sequence[RequestRecord], block_size: int) -> tuple[float, float]:
+def hit_range(prompts: Sequence[Sequence[int]], records: Sequence[RequestRecord],
+              block_size: int) -> tuple[float, float]:
     """The hit rate the run's timing allows, as (low, high), with nothing evicted. Low: only blocks of requests
     whose first token had arrived before this one was sent (their prompt was in the cache by then). High: blocks
     of any other request sent before this one's first token arrived (the last moment the server could look)."""
@@ -191,7 +192,8 @@ def hit_range(prompts: Sequence[Sequence[int]], records: Sequence[RequestRecord]
     return low / total, high / total
 
 
-def hit_figures(prompts: Sequence[Sequence[int]], records: Sequence[RequestRecord], block_size: int) -> dict[str, float]:
+def hit_figures(prompts: Sequence[Sequence[int]], records: Sequence[RequestRecord],
+                block_size: int) -> dict[str, float]:
     """The expected figures beside the measured ``prefix_cache_hit_rate``, named as the multi-turn ones are."""
     low, high = hit_range(prompts, records, block_size)
     return {"expected_prefix_hit_rate": expected_hit_rate(prompts, block_size),

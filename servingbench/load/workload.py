@@ -127,7 +127,8 @@ class Workload:
                                              "trace_block_tokens")}
         if self.kind != "trace":
             set_ = [f for f, v in own.items() if v != _DEFAULTS[f]]
-            return [f"{', '.join(set_)}: read by kind \"trace\" only; remove them or set kind = \"trace\""] if set_ else []
+            return [f"{', '.join(set_)}: read by kind \"trace\" only; remove them or set kind = \"trace\""
+                    ] if set_ else []
         out = []
         if not self.dataset:
             out.append('kind "trace" needs dataset = "path/to/trace" (a Mooncake .jsonl, an Azure or a BurstGPT .csv)')

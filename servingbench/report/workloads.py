@@ -167,7 +167,8 @@ def trace_section(doc: Doc, data: RunData) -> None:
         w, f = m.workload, m.figures
         rows.append([m.config_name, str(w.get("name")), Path(str(w.get("dataset", ""))).name,
                      fmt(w.get("num_requests"), "{:d}"), fmt(w.get("time_scale"), "{:g}"),
-                     fmt(m.metrics.to_vllm_json().get("p99_ttft_ms")), fmt(f.get("expected_prefix_hit_rate"), "{:.1%}"), trace_hit_cell(f),
+                     fmt(m.metrics.to_vllm_json().get("p99_ttft_ms")),
+                     fmt(f.get("expected_prefix_hit_rate"), "{:.1%}"), trace_hit_cell(f),
                      "invalid run" if m.invalid else "valid"])
     doc.table(["config", "workload", "trace", "requests", "time scale", "TTFT p99 ms", "hit rate implied",
                "hit rate measured", "run"], rows)

@@ -176,4 +176,5 @@ def test_trace_replays_show_the_hit_rate_beside_what_the_trace_implies(tmp_path:
     assert "| 57.5% | 57.5%, within 56.0% to 59.0% | valid |" in section
     assert "| 57.5% | 20.0%, outside (evicted?) 56.0% to 59.0% | valid |" in section
     base_run(tmp_path / "r2")
-    assert "## Trace replays\n\nnot measured in this run" in write_report([tmp_path / "r2"], tmp_path / "o2").read_text()
+    empty = write_report([tmp_path / "r2"], tmp_path / "o2").read_text()
+    assert "## Trace replays\n\nnot measured in this run" in empty
