@@ -8,7 +8,8 @@ scale by block_tokens / 512 = 1/16 so that the longest Mooncake prompt (14 block
 
 The server runs eager (``--enforce-eager``): its torch.compile warm-up took 36 s of a 75 s start on the shared
 2-core box and buys nothing checked here (arrival times, lengths, prefix-cache hits are the same compiled or not);
-the file then runs in 83-87 s there (load average 5-6: three other suites beside it), about 15 s of it the replays."""
+the file then ran in 59 s there at load average 2 and 83 s at 5-6 (other suites beside it), 15 s of it the
+replays themselves (6.7, 3.8 and 3.3 s of arrivals and answers, warm-ups aside)."""
 
 from __future__ import annotations
 
