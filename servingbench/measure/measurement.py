@@ -46,7 +46,7 @@ _TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
 _SPEC_FIGURES = {"spec_acceptance_rate", "spec_mean_accepted_length", "spec_drafts", "spec_draft_tokens",
                  "spec_accepted_tokens"}
 _REASONING_FIGURES = {"median_ttfat_ms", "p99_ttfat_ms", "unanswered_requests", "mean_reasoning_chunks"}
-_PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits",
+_PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits", "expected_prefix_hit_rate",
                    "expected_prefix_hit_rate_low", "expected_prefix_hit_rate_high"}
 
 
@@ -61,8 +61,9 @@ def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str |
         return f"{name}: needs successful requests at two turns or more ({served})"
     if name in _PREFIX_FIGURES:
         return (f"{name}: the server's /metrics gave no prefix-cache counters over the measured part (not a vLLM "
-                "server, /metrics unreachable, or a workload kind that does not read them: only conversation and "
-                "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
+                "server, /metrics unreachable, or a workload kind that does not read them: only conversation, "
+                "shared-prefix and trace do" + ("; the expected figures need a multi-turn run or a trace"
+                                                if "expected" in name else "")
                 + ")")
     if name in _SPEC_FIGURES:
         return (f"{name}: the server drafted nothing over the run (no vllm:spec_decode counters in /metrics, or "

@@ -163,6 +163,7 @@ class BenchSession:
         # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
         # transformers costs seconds of start-up every session would pay for nothing
         codec = self.codec() if workload.sends_text else None
+        trace = None
         try:
             if workload.kind == "conversation":
                 convs = workload.conversations(vocab, seed, codec)
@@ -171,7 +172,11 @@ class BenchSession:
                                                            api_key=self.api_key,
                                                            before_measured=before))
             else:
-                specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
+                if workload.kind == "trace":  # its own schedule: the recorded arrival times, scaled
+                    trace = workload.trace(vocab, seed, self.settings.model.max_model_len)
+                    specs, shape = trace.specs, workload.shape(seed, self.request_timeout_s, trace.offsets)
+                else:
+                    specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
                 warmup = workload.warmup_specs(vocab, seed)
                 workers = workload.workers()
                 with sampler:
@@ -208,8 +213,9 @@ class BenchSession:
         m.figures.update(reasoning_figures(result.records))
         if counters is not None:
             m.figures.update(counters.spec_figures())
-        if counters is not None and workload.kind in ("conversation", "shared-prefix"):
-            m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
+        if counters is not None and workload.kind in ("conversation", "shared-prefix", "trace"):
+            m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size"),
+                                              prompts=trace.prompts if trace is not None else None))
         if after is not None:
             after(server, m)
         m.save(self.results_dir)  # first: a self-test that fails must not lose the measured run

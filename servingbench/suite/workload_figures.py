@@ -3,6 +3,8 @@
 - Multi-turn chat: TTFT by turn index (``median_ttft_ms_turn1`` ...), which shows what prefix caching does to
   later turns, and the prefix-cache hit rate from the server's ``/metrics`` deltas over the measured part
   (``prefix_cache_hit_rate``) beside the range the histories imply (``expected_prefix_hit_rate_low/high``).
+- Trace replay: the same measured hit rate beside the rate the trace's hash_ids imply at the server's block size
+  (``expected_prefix_hit_rate``) and the range the run's timing allows (``expected_prefix_hit_rate_low/high``).
 - Speculative decoding (a vLLM config with a speculative method): acceptance rate and mean accepted length from
   the server's ``/metrics`` deltas over the measured part (``spec_acceptance_rate``, ``spec_mean_accepted_length``).
 - Reasoning streams: time to the first answer token past the reasoning (``median_ttfat_ms``, ``p99_ttfat_ms``).
@@ -19,6 +21,7 @@ import numpy as np
 
 from servingbench.load.conversation import expected_hit_range
 from servingbench.load.datasets import Codec
+from servingbench.load.trace import hit_figures
 from servingbench.measure.records import RequestRecord
 from servingbench.measure import telemetry
 from servingbench.servers.vllm import (PrefixCounters, SpecCounters, prefix_counters, read_prefix_counters,
@@ -133,9 +136,11 @@ class PrefixWatch:
         except (OSError, ValueError):
             return {}
 
-    def figures(self, records: Sequence[RequestRecord], block_size: Any) -> dict[str, float]:
-        """The measured hit rate and, for multi-turn runs, the range the histories imply; {} where /metrics
-        could not say (the measurement's notes do not hide it: the bound on the figure then fails as missing)."""
+    def figures(self, records: Sequence[RequestRecord], block_size: Any,
+                prompts: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
+        """The measured hit rate and what the workload implies: for multi-turn runs the range the histories
+        allow, for a trace (``prompts``, in the records' order) the rate its blocks imply and the range the run's
+        timing allows; {} where /metrics could not say (the bound on the figure then fails as missing)."""
         if self.before is None:
             return {}
         try:
@@ -148,4 +153,6 @@ class PrefixWatch:
         if block_size and any(r.turn is not None for r in records):
             low, high = expected_hit_range(records, int(block_size))
             out["expected_prefix_hit_rate_low"], out["expected_prefix_hit_rate_high"] = low, high
+        if block_size and prompts is not None:
+            out.update(hit_figures(prompts, records, int(block_size)))
         return out
