@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +24,7 @@ from servingbench.load.datasets import Codec
 from servingbench.load.trace import hit_figures
 from servingbench.measure.records import RequestRecord
 from servingbench.measure import telemetry
-from servingbench.servers.vllm import (PrefixCounters, SpecCounters, prefix_counters, read_prefix_counters,
+from servingbench.servers.vllm import (PrefixCounters, SpecCounters, prefix_counters,
                                        spec_counters)
 
 
@@ -112,6 +112,8 @@ class PrefixWatch:
     api_key: str | None = None
     before: PrefixCounters | None = None  # None: /metrics could not say at the start, so there is no delta
     spec_before: SpecCounters | None = None  # None: no speculative decoding counters (or /metrics unreachable)
+    _end_samples: list[tuple[str, dict[str, str], float]] | None = field(default=None, repr=False)
+    _ended: bool = field(default=False, repr=False)
 
     def start(self) -> None:
         try:
@@ -125,15 +127,26 @@ class PrefixWatch:
             self.before = None
         self.spec_before = spec_counters(samples)
 
+    def _end(self) -> list[tuple[str, dict[str, str], float]] | None:
+        """The server's /metrics once, at the end of the run, for both counter sets (None: unreachable)."""
+        if not self._ended:
+            self._ended = True
+            try:
+                self._end_samples = telemetry.fetch_metrics(self.url, self.api_key)
+            except OSError:
+                self._end_samples = None
+        return self._end_samples
+
     def spec_figures(self) -> dict[str, float]:
         """Speculative decoding over the measured part: acceptance rate and mean accepted length; {} for a server
         that does not speculate (the bound on a figure then fails as missing, with the reason)."""
-        if self.spec_before is None:
+        samples = self._end() if self.spec_before is not None else None
+        if samples is None:
             return {}
         try:
-            now = spec_counters(telemetry.fetch_metrics(self.url, self.api_key))
+            now = spec_counters(samples)
             return (now - self.spec_before).figures() if now is not None else {}
-        except (OSError, ValueError):
+        except ValueError:
             return {}
 
     def figures(self, records: Sequence[RequestRecord], block_size: Any,
@@ -141,11 +154,12 @@ class PrefixWatch:
         """The measured hit rate and what the workload implies: for multi-turn runs the range the histories
         allow, for a trace (``prompts``, in the records' order) the rate its blocks imply and the range the run's
         timing allows; {} where /metrics could not say (the bound on the figure then fails as missing)."""
-        if self.before is None:
+        samples = self._end() if self.before is not None else None
+        if samples is None:
             return {}
         try:
-            delta = read_prefix_counters(self.url, self.api_key) - self.before
-        except (OSError, ValueError):
+            delta = prefix_counters(samples) - self.before
+        except ValueError:
             return {}
         out: dict[str, float] = {"prefix_cache_queries": delta.queries, "prefix_cache_hits": delta.hits}
         if delta.hit_rate is not None:
