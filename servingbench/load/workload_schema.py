@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 KINDS = ("random", "shared-prefix", "dataset", "conversation")
 ENDPOINTS = ("completions", "chat")
+CLIENT_HOSTS = ("local", "ray")  # where the client workers run: this host's processes, or Ray actors
 
 Count = Annotated[int, Field(ge=1)]  # a number of things there must be at least one of
 Rate = Annotated[float, Field(gt=0)]  # requests per second; inf (the default) sends all at once
@@ -58,6 +59,7 @@ class WorkloadEntry(BaseModel):
     max_schedule_lag_ms: Millis = 100.0
     max_queue_ms: Millis = 100.0
     client_workers: Optional[Count] = None
+    client_hosts: Literal[CLIENT_HOSTS] = "local"  # type: ignore[valid-type]
     max_client_ttft_error_ms: Millis = 25.0
 
     @field_validator("request_rate", mode="before")
