@@ -159,6 +159,40 @@ def test_two_nodes_measure_a_real_server_as_one_host_does(hosts: Any, hf_server:
         assert diff <= noise, (k, a, b)
 
 
+SUITE_TABLE = """
+[workloads.wide]
+cpu = { num_requests = 256, concurrency = 256, prompt_len = 4, output_len = 8, warmup_requests = 2, client_workers = 1, max_client_ttft_error_ms = 1e6 }
+
+[configs.vllm]
+engine = "vllm"
+
+[[expect]]
+hardware = "any-cpu"
+model = "*"
+config = "vllm"
+workload = "wide"
+failure_rate = { max = 0 }
+"""
+
+
+def test_the_suite_places_workers_on_ray_with_ray_address(cluster: Any, peer: ServerProcess, tmp_path: Path,
+                                                           table_project: Any) -> None:
+    """``--ray-address``: a table's workload at 256 streams runs as one actor per node (client_workers = 1), its
+    self-test too, and the summary names both nodes (the peer stands in for a deployment at --server-url)."""
+    proc = table_project(tmp_path, SUITE_TABLE, "--server-url", peer.url, "--ray-address", cluster.address,
+                         timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    (saved,) = (tmp_path / "results" / "measurements").glob("vllm--wide*.json")
+    m = json.loads(saved.read_text())
+    assert m["completed"] == 256 and m["failed"] == 0 and not m["invalid"], (m["errors"], m["invalid"])
+    (hosts_note,) = [w for w in m["warnings"] if w.startswith("client hosts: 2 Ray actor(s) on 2 node(s)")]
+    (client_note,) = [w for w in m["warnings"] if w.startswith("client: 2 Ray actors on 2 nodes")]
+    assert "self-test against a peer of known timing at concurrency 256 over 2 worker(s) on Ray" in client_note
+    assert f"note: {hosts_note}" in out, out[-3000:]
+
+
+
 def test_a_node_killed_mid_run_ends_the_run_naming_it_with_the_records_so_far(cluster: Any, hosts: Any,
                                                                              peer: ServerProcess) -> None:
     """A third node joins; the run puts one actor on each. Once the third node's worker has handed over a record,
