@@ -64,3 +64,15 @@ def test_client_hosts_is_checked_by_the_schema_and_the_workload() -> None:
         Workload("w", 4, 2, 8, 4, client_hosts="cloud")
     with pytest.raises(ConfigError, match='does not apply to kind "conversation"'):
         Workload("w", 4, 2, 8, 4, kind="conversation", turns=2, client_hosts="ray")
+
+
+def test_joining_an_unreachable_cluster_names_the_address() -> None:
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'servingbench[ray]'")
+    if ray.is_initialized():
+        pytest.skip("this process already joined a cluster")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ray_workers.RayUnavailable, match=f"^Ray is not reachable at 127.0.0.1:{port} "):
+        ray_workers.RayHosts(f"127.0.0.1:{port}")
+    assert not ray.is_initialized()
