@@ -139,8 +139,8 @@ def _figures(result: Any) -> dict[str, float]:
 
 def test_two_nodes_measure_a_real_server_as_one_host_does(hosts: Any, hf_server: ServerProcess) -> None:
     """The HF baseline server on the generated 36M model, 6 requests of 16 tokens at concurrency 2 over two
-    workers: three runs on this host's processes and three over the two Ray nodes, interleaved so that the
-    machine's drift hits both. Each figure's medians differ by no more than the larger spread of the three runs
+    workers: three runs on this host's processes and three over the two Ray nodes, interleaved (L R R L L R, each
+    Ray run's actors gone before the next run starts) so that the machine's drift hits both. Each figure's medians differ by no more than the larger spread of the three runs
     of either side (with a floor of 3% where both spreads happen to be smaller: this shared machine's run-to-run
     noise on this server)."""
     specs = random_token_prompts(6, 16, 16, 1000, seed=5)
@@ -148,9 +148,15 @@ def test_two_nodes_measure_a_real_server_as_one_host_does(hosts: Any, hf_server:
     url, model = hf_server.url, "cpu-llama-36m"
     local: list[dict[str, float]] = []
     remote: list[dict[str, float]] = []
-    for _ in range(3):
-        local.append(_figures(run_load_workers(url, model, specs, shape, workers=2, make_worker=LocalProcessWorker)))
-        remote.append(_figures(hosts.run(url, model, specs, shape, per_node=1, label="hf")))
+    import ray
+
+    for i in range(6):  # L R R L L R: neither side always goes first
+        if i in (0, 3, 4):
+            local.append(_figures(run_load_workers(url, model, specs, shape, workers=2,
+                                                   make_worker=LocalProcessWorker)))
+        else:
+            remote.append(_figures(hosts.run(url, model, specs, shape, per_node=1, label="hf")))
+            assert _free_cpus_back(ray, 2.0)  # Ray's teardown of the actors is done before the next run
     for k in local[0]:
         a, b = [r[k] for r in local], [r[k] for r in remote]
         noise = max(max(a) - min(a), max(b) - min(b), 0.03 * statistics.median(a))
