@@ -94,7 +94,8 @@ def summary(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"concurrency": concurrency}
     for kind in ("local", "ray"):
-        out[kind] = {"ttft_error_ms_p50": med(kind, "ttft_error_ms_p50"), "ttft_error_ms_p99": med(kind, "ttft_error_ms_p99"),
+        out[kind] = {"ttft_error_ms_p50": med(kind, "ttft_error_ms_p50"),
+                     "ttft_error_ms_p99": med(kind, "ttft_error_ms_p99"),
                      "itl_error_ms_p99": med(kind, "itl_error_ms_p99"), "cpu_ms_per_request": cpu_per_request_ms(kind),
                      "coordinator_cpu_ms_per_request": cpu_per_request_ms(kind, "coordinator_cpu_s"),
                      "daemons_cpu_ms_per_request": cpu_per_request_ms(kind, "ray_daemons_cpu_s"),
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(row)
                         print(f"{kind:>5} c{c:<4} TTFT error p50 {row['ttft_error_ms_p50']:6.1f} p99 "
                               f"{row['ttft_error_ms_p99']:6.1f} ms | ITL p99 {row['itl_error_ms_p99']:5.1f} ms | CPU "
-                              f"{sum(row['process_cpu_s']):.2f} s, coordinator {row['coordinator_cpu_s']:.2f} s, Ray daemons "
+                              f"{sum(row['process_cpu_s']):.2f} s, coordinator {row['coordinator_cpu_s']:.2f} s, "
+                              "Ray daemons "
                               f"{row['ray_daemons_cpu_s']:.2f} s | wall beyond run "
                               f"{row['wall_s'] - row['duration_s']:.1f} s | {row['failed']} failed",
                               file=sys.stderr, flush=True)

@@ -398,8 +398,9 @@ class RayHosts:
             by_node.setdefault(s.host, []).append(s)
         parts = [f"{host}: worker(s) {', '.join(str(s.index + 1) for s in stats)}" for host, stats in by_node.items()]
         worst = max(result.worker_stats, key=lambda s: s.clock_uncertainty_ms)
+        offsets = ", ".join(f"{s.clock_offset_ms:+.2f}" for s in result.worker_stats)
         return (f"client hosts: {result.workers} Ray actor(s) on {len(by_node)} node(s), {'; '.join(parts)}; "
-                f"clock offsets to the coordinator {', '.join(f'{s.clock_offset_ms:+.2f}' for s in result.worker_stats)}"
+                f"clock offsets to the coordinator {offsets}"
                 f" ms, known to +-{worst.clock_uncertainty_ms:.2f} ms at worst (bound {MAX_CLOCK_UNCERTAINTY_MS:g} ms)")
 
     def close(self) -> None:

@@ -159,7 +159,8 @@ def client_error_note(result: LoadResult, selftest: SelfTest | None) -> str:
         return text + ("; no client self-test at this load: the client's own share of TTFT and ITL is not known "
                        "(scripts/client_bench.py measures it)")
     text += (f"; self-test against a peer of known timing at concurrency {selftest.concurrency} over "
-             f"{selftest.workers} worker(s){' on Ray' if selftest.hosts else ''}: the client adds TTFT p50 {selftest.ttft_error_ms.p50:+.1f} ms / p99 "
+             f"{selftest.workers} worker(s){' on Ray' if selftest.hosts else ''}: the client adds TTFT p50 "
+             f"{selftest.ttft_error_ms.p50:+.1f} ms / p99 "
              f"{selftest.ttft_error_ms.p99:+.1f} ms, ITL p50 {selftest.itl_error_ms.p50:+.1f} ms / p99 "
              f"{selftest.itl_error_ms.p99:+.1f} ms")
     if conc is not None and selftest.concurrency < conc:
