@@ -289,12 +289,15 @@ def preconditions(result: LoadResult) -> list[str]:
 async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shape: LoadShape = LoadShape(),
                    api_key: str | None = None, progress: bool = False,
                    warmup_specs: Sequence[RequestSpec] = (), *, offsets: Sequence[float] | None = None,
-                   start_at: float | None = None, before_measured: Callable[[], None] | None = None) -> LoadResult:
+                   start_at: float | None = None, before_measured: Callable[[], None] | None = None,
+                   on_done: Callable[[int, RequestRecord], None] | None = None) -> LoadResult:
     """Send ``specs`` with the given shape; failures are recorded in the records, never raised.
 
     ``offsets`` (seconds) replace the shape's own arrival schedule and ``start_at`` (a ``time.perf_counter``
     instant, one clock for every process on the host) its start: how worker processes share one schedule.
-    ``before_measured`` runs after the warm-up, right before the measured part (counter snapshots)."""
+    ``before_measured`` runs after the warm-up, right before the measured part (counter snapshots). ``on_done(i,
+    record)`` runs as request i completes, on the loop: a remote worker hands finished records over during the
+    run, so that a host lost mid-run loses only its requests in flight (load/ray_workers.py)."""
     async with OpenAIClient(base_url, model, shape, api_key) as client:
         if warmup_specs:
             await asyncio.gather(*(client.send(s, RequestRecord(f"warmup-{i}", s.prompt_len, s.max_tokens))
@@ -309,7 +312,7 @@ async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shap
         t0 = start_at if start_at is not None else time.perf_counter()
         timed = shape.open_loop or start_at is not None
 
-        async def one(spec: RequestSpec, record: RequestRecord, offset: float) -> None:
+        async def one(i: int, spec: RequestSpec, record: RequestRecord, offset: float) -> None:
             delay = t0 + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -321,11 +324,14 @@ async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shap
             else:
                 async with slots:
                     await client.send(spec, record)
+            if on_done is not None:
+                on_done(i, record)
             if bar is not None:
                 bar.update(1)
 
         try:
-            result = await drive([one(s, r, o) for s, r, o in zip(specs, records, offsets)], records, shape)
+            result = await drive([one(i, s, r, o) for i, (s, r, o) in enumerate(zip(specs, records, offsets))],
+                                 records, shape)
         finally:
             if bar is not None:
                 bar.close()

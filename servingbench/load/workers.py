@@ -6,8 +6,8 @@ differ by at most 1) and requests are dealt round-robin over the slots; open loo
 offset and goes to worker i % N. All start at one ``time.perf_counter()`` instant (CLOCK_MONOTONIC: one clock for
 every process of a Linux host), set once all have booted and warmed up, so spawn time never eats the schedule.
 Processes are spawned, not forked (a fork of a parent with threads can deadlock); workers=1 is one child too (the
-same path and warnings; ``run_load`` is the in-process client). ``Worker``: the interface a Ray actor would
-implement (docs/workers.md).
+same path and warnings; ``run_load`` is the in-process client). ``Worker``: the interface the local process and
+the Ray actor (load/ray_workers.py, past one host) implement.
 """
 
 from __future__ import annotations
@@ -95,10 +95,14 @@ class WorkerReport:
     warnings: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)  # to_dict(): global ids, this clock
+    process_cpu_s: float = 0.0  # its whole process over the run: the loop plus anything else there (Ray's threads)
+    host: str = ""  # where it ran, when that is not this host (a Ray node's name); "" for a local process
+    clock_offset_ms: float = 0.0  # its clock onto the coordinator's (load/clock.py); 0 on this host
+    clock_uncertainty_ms: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"worker {self.index + 1} of {self.workers}"
+        return f"worker {self.index + 1} of {self.workers}" + (f" on {self.host}" if self.host else "")
 
     @property
     def saturated(self) -> bool:
@@ -111,16 +115,22 @@ async def _warm_up(share: WorkerShare) -> None:
                                for i, s in enumerate(share.warmup_specs)))
 
 
-def run_share(share: WorkerShare, wait_start: Callable[[], float]) -> WorkerReport:
+def run_share(share: WorkerShare, wait_start: Callable[[], float],
+              on_record: Callable[[int, RequestRecord], None] | None = None) -> WorkerReport:
     """The worker itself, wherever it runs: warm up, block in ``wait_start`` until the coordinator names the
-    start instant (this host's perf_counter), then ``run_load`` on the share's schedule."""
+    start instant (this host's perf_counter), then ``run_load`` on the share's schedule. ``on_record(global id,
+    record)`` sees each request as it completes (a remote worker streams them back)."""
     if share.warmup_specs:
         asyncio.run(_warm_up(share))
     start_at = wait_start()
     began: list[tuple[float, float]] = []
+    done = None if on_record is None else (lambda i, r: on_record(share.ids[i], r))
+    cpu0 = time.process_time()
     result = asyncio.run(run_load(share.base_url, share.model, share.specs, share.shape, api_key=share.api_key,
                                   offsets=share.offsets, start_at=start_at,
-                                  before_measured=lambda: began.append((time.perf_counter(), time.time()))))
+                                  before_measured=lambda: began.append((time.perf_counter(), time.time())),
+                                  on_done=done))
+    cpu = time.process_time() - cpu0
     for gid, r in zip(share.ids, result.records):
         r.request_id = f"req-{gid}"
     # its run began (perf_counter) where result.started_at (time.time, taken with it) says, a little after `began`
@@ -129,11 +139,11 @@ def run_share(share: WorkerShare, wait_start: Callable[[], float]) -> WorkerRepo
     return WorkerReport(share.index, share.workers, os.getpid(), len(share.specs), share.shape.concurrency,
                         end, result.loop_lag_ms_p90, result.loop_lag_ms_p99,
                         result.loop_lag_ms_max, result.client_cpu_fraction, result.deadline_exceeded,
-                        list(result.warnings), list(result.invalid), [r.to_dict() for r in result.records])
+                        list(result.warnings), list(result.invalid), [r.to_dict() for r in result.records], cpu)
 
 
 class Worker(Protocol):
-    """What the coordinator drives. The local process worker is one; a Ray actor would be another (launch: create
+    """What the coordinator drives. The local process worker is one, the Ray actor another (launch: create
     it; prepare: send the share, it warms up; wait_ready/go/result: run_share's wait_start and its report).
     ``wait_ready``/``result`` give False/None when not done within ``timeout`` and raise WorkerError if it failed."""
 
@@ -288,7 +298,7 @@ def merge(reports: Sequence[WorkerReport], shares: Sequence[WorkerShare], shape:
         loop_lag_ms_p90=max(s.loop_lag_ms_p90 for s in stats), client_cpu_fraction=max(s.cpu_fraction for s in stats),
         deadline_exceeded=any(s.deadline_exceeded for s in stats), start_at=start_at,
         worker_of=[placed[g][1] for g in order], worker_stats=stats)
-    named = [f"{s.name}: {m}" for s in stats for m in s.invalid if m.startswith("client saturated")]
+    named = [f"{s.name}: {m}" for s in stats for m in s.invalid if m.startswith(("client saturated", "clock"))]
     result.invalid = named + [m for m in preconditions(result) if not m.startswith("client saturated")]
     result.warnings = result.invalid + [f"{s.name}: {w}" for s in stats for w in s.warnings if w not in s.invalid]
     return result

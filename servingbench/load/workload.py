@@ -33,7 +33,7 @@ from servingbench.load.datasets import (FIRST_ORDINARY_ID, Codec, RequestSpec, r
 from servingbench.load.generator import LoadShape
 from servingbench.load.trace import MOONCAKE_BLOCK_TOKENS, TraceReplay
 from servingbench.load.trace_files import TRACE_FORMATS
-from servingbench.load.workload_schema import KINDS, entry_problems
+from servingbench.load.workload_schema import CLIENT_HOSTS, KINDS, entry_problems
 
 # Seconds of arrivals at each rate of a sweep. With a fixed count (40 requests) the arrivals at 16-64 req/s lasted
 # 0.6-2.5 s: the queue never reached steady state and capacity came out overstated and dependent on the count
@@ -74,7 +74,8 @@ class Workload:
     deadline_s: float | None = None  # the run's deadline; None: derived from the workload and the request timeout
     max_schedule_lag_ms: float = 100.0
     max_queue_ms: float = 100.0
-    client_workers: int | None = None  # client processes; None: as the concurrency needs (load/workers.py)
+    client_workers: int | None = None  # client processes (per node with Ray); None: as the concurrency needs
+    client_hosts: str = "local"  # "ray": the workers are Ray actors on the cluster's nodes (load/ray_workers.py)
     max_client_ttft_error_ms: float = 25.0  # runs at >= SELF_TEST_CONCURRENCY: the self-test's bound
     trace_format: str | None = None  # trace: "mooncake" | "azure" | "burstgpt"; None: detected from the file
     time_scale: float = 1.0  # trace: recorded gaps times this (0.5 replays twice as fast)
@@ -117,6 +118,11 @@ class Workload:
         if self.client_workers is not None and (isinstance(self.client_workers, bool)
                                                 or not isinstance(self.client_workers, int) or self.client_workers < 1):
             out.append(f"client_workers must be an integer >= 1 (or left out), got {self.client_workers!r}")
+        if self.client_hosts not in CLIENT_HOSTS:
+            out.append(f"client_hosts {self.client_hosts!r}: use one of {list(CLIENT_HOSTS)}")
+        elif self.client_hosts == "ray" and self.kind == "conversation":
+            out.append('client_hosts = "ray" does not apply to kind "conversation": multi-turn runs stay in one '
+                       "process; remove client_hosts")
         if self.think_time_s < 0 or (self.deadline_s is not None and self.deadline_s <= 0):
             out.append("think_time_s must be >= 0 and deadline_s > 0")
         return out

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 KINDS = ("random", "shared-prefix", "dataset", "conversation", "trace")
 TRACE_FORMATS = ("mooncake", "azure", "burstgpt")
 ENDPOINTS = ("completions", "chat")
+CLIENT_HOSTS = ("local", "ray")  # where the client workers run: this host's processes, or Ray actors
 
 Count = Annotated[int, Field(ge=1)]  # a number of things there must be at least one of
 Rate = Annotated[float, Field(gt=0)]  # requests per second; inf (the default) sends all at once
@@ -59,6 +60,7 @@ class WorkloadEntry(BaseModel):
     max_schedule_lag_ms: Millis = 100.0
     max_queue_ms: Millis = 100.0
     client_workers: Optional[Count] = None
+    client_hosts: Literal[CLIENT_HOSTS] = "local"  # type: ignore[valid-type]
     max_client_ttft_error_ms: Millis = 25.0
     trace_format: Optional[Literal[TRACE_FORMATS]] = None  # type: ignore[valid-type]
     time_scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0  # 0.5: the trace twice as fast

@@ -34,7 +34,7 @@ def session_of(config: pytest.Config) -> BenchSession:
             results_dir=Path(results), configs=state.table.configs, api_key=config.getoption("--api-key"),
             server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
             startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"),
-            replay_dir=Path(replay) if replay else None)
+            replay_dir=Path(replay) if replay else None, ray_address=config.getoption("--ray-address"))
     return state.session
 
 

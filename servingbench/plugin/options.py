@@ -47,6 +47,9 @@ def add_options(parser: pytest.Parser) -> None:
                 "cpu-2c-avx2); --profile is its older name")
     g.addoption("--server-url", default=None, help="measure an existing OpenAI-compatible deployment instead of "
                 "starting servers; tests that need other configs are skipped")
+    g.addoption("--ray-address", default=None, metavar="ADDR", help="run the client workers as Ray actors on the "
+                "nodes of the Ray cluster at ADDR (host:port of its GCS; 'auto': RAY_ADDRESS or the one started on "
+                "this host), client_workers per node; needs servingbench[ray]")
     g.addoption("--api-key", default=os.environ.get("SERVINGBENCH_API_KEY"), help="API key passed to the "
                 "servers started and sent by the client (default: $SERVINGBENCH_API_KEY)")
     g.addoption("--results-dir", default=None, help="where measurements, logs and the summary go "

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from servingbench.load.datasets import random_token_prompts
 from servingbench.load.generator import LoadResult, LoadShape
-from servingbench.load.workers import STREAMS_PER_WORKER, WorkersResult, available_cores, run_load_workers
+from servingbench.load.workers import (STREAMS_PER_WORKER, LocalProcessWorker, Worker, WorkersResult, available_cores,
+                                       run_load_workers)
 from servingbench.servers.process import ServerProcess
 from servingbench.servers.sse_peer import PeerConfig
 
@@ -65,6 +66,7 @@ class SelfTest:
     cpu_fraction: list[float] = field(default_factory=list)  # per worker
     failed: int = 0
     notes: list[str] = field(default_factory=list)  # the run's warnings
+    hosts: list[str] = field(default_factory=list)  # the Ray nodes its workers ran on; [] for this host's processes
 
     def check(self, max_ttft_error_ms: float) -> str | None:
         """A problem sentence when the client's median TTFT error is over the bound (or the run broke)."""
@@ -97,10 +99,12 @@ def peer_server(processes: int, ttft_ms: float = 50.0, interval_ms: float = 20.0
 
 def self_test(concurrency: int, *, workers: int | None = None, peer_processes: int | None = None,
               ttft_ms: float = 50.0, interval_ms: float = 20.0, output_len: int = 64,
-              num_requests: int | None = None, peer: ServerProcess | None = None, seed: int = 0) -> SelfTest:
+              num_requests: int | None = None, peer: ServerProcess | None = None, seed: int = 0,
+              make_worker: Callable[[int, int], Worker] = LocalProcessWorker) -> SelfTest:
     """Closed loop at ``concurrency`` against a paced peer; ``peer`` reuses a started one (its own ``ttft_ms``,
     ``interval_ms`` and processes then apply). ``num_requests`` None: two per slot (the second round runs on
-    open connections, as a long run does)."""
+    open connections, as a long run does). ``make_worker``: the workers the measured run uses (Ray actors:
+    ``RayHosts.make_worker``), so the self-test measures that client, not another."""
     num_requests = num_requests or 2 * concurrency
     own = peer is None
     if peer is None:
@@ -110,7 +114,7 @@ def self_test(concurrency: int, *, workers: int | None = None, peer_processes: i
     try:
         specs = random_token_prompts(num_requests, PROMPT_LEN, output_len, 1000, seed)
         result = run_load_workers(peer.url, "peer", specs, LoadShape(concurrency=concurrency, timeout_s=120.0),
-                                  workers=workers)
+                                  workers=workers, make_worker=make_worker)
     finally:
         if own:
             peer.stop()
@@ -132,7 +136,7 @@ def summarize(result: WorkersResult, peer: PeerConfig, concurrency: int, output_
         ttft_error_ms=ErrorPercentiles.of(ttft), itl_error_ms=ErrorPercentiles.of(itl),
         saturated=[s.index + 1 for s in stats if s.saturated], loop_lag_ms_p90=[s.loop_lag_ms_p90 for s in stats],
         cpu_fraction=[s.cpu_fraction for s in stats], failed=len(result.records) - len(ok),
-        notes=list(result.warnings))
+        notes=list(result.warnings), hosts=sorted({s.host for s in stats if s.host}))
 
 
 def client_error_note(result: LoadResult, selftest: SelfTest | None) -> str:
@@ -141,7 +145,9 @@ def client_error_note(result: LoadResult, selftest: SelfTest | None) -> str:
     stats = result.worker_stats if isinstance(result, WorkersResult) else []
     n = len(stats) or 1
     conc = result.shape.concurrency
-    who = (f"{n} worker process{'es' if n > 1 else ''}" if stats else "in-process (one event loop)")
+    nodes = sorted({s.host for s in stats if s.host})
+    who = (f"{n} Ray actor{'s' if n > 1 else ''} on {len(nodes)} node{'s' if len(nodes) > 1 else ''}" if nodes
+           else f"{n} worker process{'es' if n > 1 else ''}" if stats else "in-process (one event loop)")
     text = (f"client: {who}, event-loop lag p90 {result.loop_lag_ms_p90:.1f} ms"
             + (" (the worst worker's)" if n > 1 else ""))
     late = [s.name for s in stats if s.saturated]
@@ -153,7 +159,8 @@ def client_error_note(result: LoadResult, selftest: SelfTest | None) -> str:
         return text + ("; no client self-test at this load: the client's own share of TTFT and ITL is not known "
                        "(scripts/client_bench.py measures it)")
     text += (f"; self-test against a peer of known timing at concurrency {selftest.concurrency} over "
-             f"{selftest.workers} worker(s): the client adds TTFT p50 {selftest.ttft_error_ms.p50:+.1f} ms / p99 "
+             f"{selftest.workers} worker(s){' on Ray' if selftest.hosts else ''}: the client adds TTFT p50 "
+             f"{selftest.ttft_error_ms.p50:+.1f} ms / p99 "
              f"{selftest.ttft_error_ms.p99:+.1f} ms, ITL p50 {selftest.itl_error_ms.p50:+.1f} ms / p99 "
              f"{selftest.itl_error_ms.p99:+.1f} ms")
     if conc is not None and selftest.concurrency < conc:

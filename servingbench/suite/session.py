@@ -89,12 +89,14 @@ class BenchSession:
     startup_timeout_s: float = 900.0
     progress: bool = False
     replay_dir: Path | None = None  # read measurements saved by an earlier run instead of running them
+    ray_address: str | None = None  # client workers as Ray actors on this cluster's nodes, for every workload
     measurements: dict[str, Measurement] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     _config_errors: set[str] = field(default_factory=set)  # keys of errors that are the workload's, not the server's
     pool: ServerPool = field(init=False)
     _runs_per_config: dict[str, int] = field(default_factory=dict)
-    _self_tests: dict[tuple[int, int], SelfTest] = field(default_factory=dict)
+    _self_tests: dict[tuple[Any, ...], SelfTest] = field(default_factory=dict)
+    _ray: Any = None  # RayHosts, joined on first use (ray is imported only then)
 
     def __post_init__(self) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -178,9 +180,14 @@ class BenchSession:
                 else:
                     specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
                 warmup = workload.warmup_specs(vocab, seed)
-                workers = workload.workers()
+                workers, hosts = workload.workers(), self.ray_hosts(workload)
                 with sampler:
-                    if workers > 1:
+                    if hosts is not None:
+                        per_node = hosts.per_node(workload.concurrency or workload.num_requests,
+                                                  workload.client_workers)
+                        result = hosts.run(url, model, specs, shape, per_node=per_node, label=key,
+                                           api_key=self.api_key, warmup_specs=warmup, before_measured=before)
+                    elif workers > 1:
                         result = run_load_workers(url, model, specs, shape, workers=workers, api_key=self.api_key,
                                                   warmup_specs=warmup, before_measured=before)
                     else:
@@ -242,15 +249,32 @@ class BenchSession:
         conc = result.shape.concurrency
         if conc is None or conc < SELF_TEST_CONCURRENCY or workload.kind == "conversation":
             return []
-        workers = workload.workers()
-        key = (conc, workers)
-        if key not in self._self_tests:
-            self._self_tests[key] = self_test(conc, workers=workers)
+        hosts = self.ray_hosts(workload)
+        if hosts is None:
+            key: tuple[Any, ...] = (conc, workload.workers())
+            if key not in self._self_tests:
+                self._self_tests[key] = self_test(conc, workers=key[1])
+        else:  # the same client as the run: as many Ray actors, on the same nodes
+            hosts.check_url("http://127.0.0.1")  # the peer listens on this host's loopback
+            key = (conc, hosts.per_node(conc, workload.client_workers) * len(hosts.nodes), "ray")
+            if key not in self._self_tests:
+                self._self_tests[key] = self_test(conc, workers=key[1], make_worker=hosts.make_worker)
         st = self._self_tests[key]
         problem = st.check(workload.max_client_ttft_error_ms)
         if problem:
             invalid.append(problem)
         return [client_error_note(result, st)]
+
+    def ray_hosts(self, workload: Workload) -> Any:
+        """The Ray cluster's nodes as client hosts where the workload (``client_hosts = "ray"``) or the session
+        (``--ray-address``) asks for them, else None; multi-turn runs stay in one process."""
+        if workload.kind == "conversation" or (workload.client_hosts != "ray" and not self.ray_address):
+            return None
+        if self._ray is None:
+            from servingbench.load.ray_workers import RayHosts
+
+            self._ray = RayHosts(self.ray_address, partial_dir=self.results_dir / "partial")
+        return self._ray
 
     def record_capacity(self, config_name: str, workload: Workload, capacity: Capacity) -> None:
         """Save a capacity search's curve (goodput against offered rate) beside the measurements."""
@@ -280,4 +304,9 @@ class BenchSession:
             return json.loads(resp.read())["data"][0]["id"]
 
     def close(self) -> None:
-        self.pool.stop()
+        try:
+            self.pool.stop()
+        finally:
+            if self._ray is not None:
+                self._ray.close()
+                self._ray = None
