@@ -77,8 +77,8 @@ def message(feature: str, key: str, missing: list[str] | None = None) -> str:
     extra = EXTRAS[key]
     names = " or ".join(f"servingbench[{name}]" for name in extra.extras)
     gone = missing_modules(key) if missing is None else missing
-    lacking = f" (not installed here: {', '.join(gone)})" if gone else ""
-    return f"{feature} needs {names}: {extra.install}{lacking}"
+    lacking = f" ({', '.join(gone)}: not installed here)" if gone else ""
+    return f"{feature} needs {names}{lacking}: {extra.install}"
 
 
 def require(feature: str, key: str) -> None:

@@ -33,8 +33,12 @@ def session_of(config: pytest.Config) -> BenchSession:
         try:  # a session that starts no server builds no model without [hf]: it needs no torch
             path = (local_model_path(state.model) if replay or config.getoption("--server-url")
                     else materialize(state.model))
-        except MissingExtra as e:  # one line per test, not a traceback: the fix is an install
-            pytest.fail(str(e), pytrace=False)
+        except MissingExtra as e:
+            missing = str(e)
+        else:
+            missing = None
+        if missing:  # one line per test, not a traceback (nor a chained one): the fix is an install
+            pytest.fail(missing, pytrace=False)
         state.session = BenchSession(
             settings=RunSettings(state.hardware, state.model, path, tp),
             results_dir=Path(results), configs=state.table.configs, api_key=config.getoption("--api-key"),
@@ -66,11 +70,13 @@ def measure_or_skip(bench: BenchSession) -> Any:
         try:
             return bench.measure(config_name, workload, **kw)
         except ConfigError as e:
-            pytest.fail(str(e), pytrace=False)
+            problem, skip = str(e), False
         except ServerUnavailable as e:
-            if bench.remote or bench.replay_dir is not None:
-                pytest.skip(str(e))
-            pytest.fail(str(e), pytrace=False)
+            problem, skip = str(e), bench.remote or bench.replay_dir is not None
+        # outside the except clauses: the report shows the one line, not the exception it would chain to
+        if skip:
+            pytest.skip(problem)
+        pytest.fail(problem, pytrace=False)
     return run
 
 
