@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from servingbench.servers.process import ServerProcess
 from servingbench.suite.models import cache_root
 
