@@ -30,14 +30,13 @@ def session_of(config: pytest.Config) -> BenchSession:
         tp = config.getoption("--tensor-parallel-size")
         results = config.getoption("--results-dir") or Path(config.rootpath) / "results" / time.strftime("%Y%m%d-%H%M%S")
         replay = config.getoption("--replay")
+        path, missing = "", None
         try:  # a session that starts no server builds no model without [hf]: it needs no torch
             path = (local_model_path(state.model) if replay or config.getoption("--server-url")
                     else materialize(state.model))
         except MissingExtra as e:
             missing = str(e)
-        else:
-            missing = None
-        if missing:  # one line per test, not a traceback (nor a chained one): the fix is an install
+        if missing is not None:  # one line per test, not a traceback (nor a chained one): the fix is an install
             pytest.fail(missing, pytrace=False)
         state.session = BenchSession(
             settings=RunSettings(state.hardware, state.model, path, tp),
