@@ -98,7 +98,8 @@ def add_calibrate_parser(subparsers: "argparse._SubParsersAction[argparse.Argume
                                           "proposes rows in the table between markers, to review and commit.")
     p.add_argument("--gpu", action="store_true", help="the GPU profile (vLLM's CUDA build)")
     p.add_argument("--model", default=None, help="model (default: cpu-llama-36m, or llama-2-7b with --gpu)")
-    p.add_argument("--profile", default=None, help="hardware key to calibrate (default: detected)")
+    p.add_argument("--hardware-key", "--profile", dest="hardware_key", default=None,
+                   help="hardware key to calibrate (default: detected); --profile is its older name")
     p.add_argument("--tensor-parallel-size", type=_positive_int, default=1)
     p.add_argument("--configs", default="vllm,hf", help="comma-separated configs of the table (default: vllm,hf)")
     p.add_argument("--rounds", type=_at_least_two, default=3, help="rounds per server lifetime (default 3)")
@@ -121,7 +122,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from servingbench.suite.defaults import default_table_path
     from servingbench.suite.models import ModelError
 
-    opts = CalibrationOptions(gpu=args.gpu, model=args.model, hardware_key=args.profile,
+    opts = CalibrationOptions(gpu=args.gpu, model=args.model, hardware_key=args.hardware_key,
                               tensor_parallel_size=args.tensor_parallel_size,
                               table=Path(args.expectations) if args.expectations else default_table_path(),
                               baseline_dir=Path(args.baseline_dir),

@@ -62,6 +62,7 @@ class LoadShape:
     deadline_s: float | None = None  # the whole measured run; past it, requests in flight are cancelled and it fails
     max_schedule_lag_ms: float = 100.0  # open loop: p90 lateness against the arrival schedule that still counts
     max_queue_ms: float = 100.0  # open loop with a cap: p99 client queue time that still counts as open loop
+    offsets: tuple[float, ...] | None = None  # a recorded schedule (trace replay): seconds from the start, per request
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
@@ -78,10 +79,29 @@ class LoadShape:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+        if self.offsets is not None and not (all(0 <= a < math.inf for a in self.offsets)
+                                             and all(a <= b for a, b in zip(self.offsets, self.offsets[1:]))):
+            raise ValueError("offsets must be finite, >= 0 and ascending (seconds from the start)")
 
     @property
     def open_loop(self) -> bool:
-        return not math.isinf(self.request_rate)
+        """Arrivals on a schedule (a rate's, or a recorded one) rather than as fast as the cap allows."""
+        return self.offsets is not None or not math.isinf(self.request_rate)
+
+    def arrivals(self, n: int) -> list[float]:
+        """The ``n`` requests' arrival offsets (seconds from the start): the recorded schedule, else the rate's."""
+        if self.offsets is not None:
+            if len(self.offsets) != n:
+                raise ValueError(f"the schedule has {len(self.offsets)} offsets for {n} requests")
+            return list(self.offsets)
+        return arrival_offsets(n, self.request_rate, self.burstiness, self.seed)
+
+    @property
+    def offered(self) -> str:
+        """What lateness broke, for messages: the offered rate, or the trace's recorded schedule."""
+        if self.offsets is not None:
+            return "the trace's recorded arrival times were not kept"
+        return f"the offered rate was not {self.request_rate:g}/s"
 
 
 @dataclass
@@ -255,8 +275,9 @@ def preconditions(result: LoadResult) -> list[str]:
         if late > shape.max_schedule_lag_ms:
             out.append(f"behind schedule: the open-loop client sent requests late, p{SCHEDULE_LAG_PERCENTILE} "
                        f"{late:.0f} ms > {shape.max_schedule_lag_ms:g} ms after their arrival times (p99 "
-                       f"{float(np.percentile(lag, 99)):.0f} ms), so the offered rate was not "
-                       f"{shape.request_rate:g}/s; lower the rate or use more client processes")
+                       f"{float(np.percentile(lag, 99)):.0f} ms), so {shape.offered}; "
+                       + ("raise time_scale (a slower replay) or use more client processes" if shape.offsets
+                          is not None else "lower the rate or use more client processes"))
         queued = [r.queue_time * 1000.0 for r in sent]
         if shape.concurrency and queued and float(np.percentile(queued, 99)) > shape.max_queue_ms:
             out.append(f"client queue: requests waited for one of the {shape.concurrency} slots, p99 "
@@ -283,7 +304,7 @@ async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shap
         records = [RequestRecord(f"req-{i}", s.prompt_len, s.max_tokens, source=s.source) for i, s in enumerate(specs)]
         slots = asyncio.Semaphore(shape.concurrency) if shape.concurrency else None
         if offsets is None:
-            offsets = arrival_offsets(len(specs), shape.request_rate, shape.burstiness, shape.seed)
+            offsets = shape.arrivals(len(specs))
         bar = _progress_bar(len(specs)) if progress else None
         t0 = start_at if start_at is not None else time.perf_counter()
         timed = shape.open_loop or start_at is not None

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Protocol, Sequence
 
 from servingbench.load.datasets import RequestSpec
-from servingbench.load.generator import (LOOP_LAG_WARN_MS, LoadResult, LoadShape, OpenAIClient, arrival_offsets,
+from servingbench.load.generator import (LOOP_LAG_WARN_MS, LoadResult, LoadShape, OpenAIClient,
                                          preconditions, run_load)
 from servingbench.measure.records import RequestRecord
 
@@ -255,7 +255,7 @@ def plan_shares(base_url: str, model: str, specs: Sequence[RequestSpec], shape: 
                 api_key: str | None = None, warmup_specs: Sequence[RequestSpec] = (),
                 start_margin_s: float = START_MARGIN_S) -> list[WorkerShare]:
     """Cut one run into ``workers`` shares (the module's docstring says how)."""
-    offsets = arrival_offsets(len(specs), shape.request_rate, shape.burstiness, shape.seed)
+    offsets = shape.arrivals(len(specs))
     caps = split(shape.concurrency, workers) if shape.concurrency else [None] * workers
     slots = shape.concurrency if shape.concurrency and not shape.open_loop else workers
     ids: list[list[int]] = [[] for _ in range(workers)]

@@ -7,7 +7,8 @@ with a seed the session derives, and its load shape goes to the generator. Kinds
 - ``random``: random token ids, fixed lengths or drawn from ``prompt_dist`` / ``output_dist``;
 - ``shared-prefix``: one system prompt (``prefix_len``) and distinct queries;
 - ``dataset``: the requests of a JSONL file (``dataset``, ``dataset_format``);
-- ``conversation``: multi-turn chat, ``turns`` user turns per conversation (synthetic, or the file's).
+- ``conversation``: multi-turn chat, ``turns`` user turns per conversation (synthetic, or the file's);
+- ``trace``: a recorded trace (Mooncake, Azure or BurstGPT) replayed at its timestamps (``load/trace.py``).
 
 A workload with ``rates`` is a request-rate sweep; ``capacity_rps`` is the highest rate whose p99 TTFT and TPOT meet
 ``slo_ttft_ms`` / ``slo_tpot_ms``.
@@ -30,6 +31,8 @@ from servingbench.load.conversation import Conversation
 from servingbench.load.datasets import (FIRST_ORDINARY_ID, Codec, RequestSpec, random_token_prompts,
                                         shared_prefix_prompts)
 from servingbench.load.generator import LoadShape
+from servingbench.load.trace import MOONCAKE_BLOCK_TOKENS, TraceReplay
+from servingbench.load.trace_files import TRACE_FORMATS
 from servingbench.load.workload_schema import KINDS, entry_problems
 
 # Seconds of arrivals at each rate of a sweep. With a fixed count (40 requests) the arrivals at 16-64 req/s lasted
@@ -54,7 +57,7 @@ class Workload:
     endpoint: str = "completions"
     prompt_dist: Mapping[str, Any] | None = None  # a LengthDist entry: { dist = "lognormal", mean = .., ... }
     output_dist: Mapping[str, Any] | None = None
-    dataset: str = ""  # a JSONL file: absolute, or relative to the table that declares the workload
+    dataset: str = ""  # a JSONL file (a trace file, kind "trace"): absolute, or relative to the declaring table
     dataset_format: str | None = None  # "prompt" | "chat" | "sharegpt"; None: detected per line
     ignore_eos: bool = True  # False: natural stops, output lengths from usage
     temperature: float = 0.0
@@ -73,6 +76,11 @@ class Workload:
     max_queue_ms: float = 100.0
     client_workers: int | None = None  # client processes; None: as the concurrency needs (load/workers.py)
     max_client_ttft_error_ms: float = 25.0  # runs at >= SELF_TEST_CONCURRENCY: the self-test's bound
+    trace_format: str | None = None  # trace: "mooncake" | "azure" | "burstgpt"; None: detected from the file
+    time_scale: float = 1.0  # trace: recorded gaps times this (0.5 replays twice as fast)
+    trace_start: int = 0  # trace: the slice starts at this request (0-based, arrival order); num_requests long
+    block_tokens: int = MOONCAKE_BLOCK_TOKENS  # trace: tokens sent per trace block; lengths scale by it
+    trace_block_tokens: int = MOONCAKE_BLOCK_TOKENS  # trace: tokens one of the trace's hash ids stands for
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -89,8 +97,9 @@ class Workload:
                 out.append(f"{f} must be an integer >= 1, got {v!r}")
         if self.kind == "dataset" and not self.dataset:
             out.append('kind "dataset" needs dataset = "path/to/file.jsonl"')
-        if self.dataset and self.kind not in ("dataset", "conversation"):
-            out.append(f'dataset is read by kind "dataset" or "conversation", not {self.kind!r}')
+        if self.dataset and self.kind not in ("dataset", "conversation", "trace"):
+            out.append(f'dataset is read by kind "dataset", "conversation" or "trace", not {self.kind!r}')
+        out += self._trace_problems()
         if self.dataset_format not in (None, "prompt", "chat", "sharegpt"):
             out.append(f"dataset_format {self.dataset_format!r}: use prompt, chat or sharegpt (or leave it out)")
         if self.kind == "shared-prefix" and not 0 < self.prefix_len < self.prompt_len:
@@ -112,6 +121,34 @@ class Workload:
             out.append("think_time_s must be >= 0 and deadline_s > 0")
         return out
 
+    def _trace_problems(self) -> list[str]:
+        """A trace sets its own arrival times and token-id prompts; its fields mean nothing to another kind."""
+        own = {f: getattr(self, f) for f in ("trace_format", "time_scale", "trace_start", "block_tokens",
+                                             "trace_block_tokens")}
+        if self.kind != "trace":
+            set_ = [f for f, v in own.items() if v != _DEFAULTS[f]]
+            return [f"{', '.join(set_)}: read by kind \"trace\" only; remove them or set kind = \"trace\""
+                    ] if set_ else []
+        out = []
+        if not self.dataset:
+            out.append('kind "trace" needs dataset = "path/to/trace" (a Mooncake .jsonl, an Azure or a BurstGPT .csv)')
+        if self.trace_format is not None and self.trace_format not in TRACE_FORMATS:
+            out.append(f"trace_format {self.trace_format!r}: use mooncake, azure or burstgpt (or leave it out)")
+        if self.rates or not math.isinf(self.request_rate):
+            out.append("a trace sends at its recorded times: leave out rates and request_rate (use time_scale)")
+        if self.endpoint != "completions":
+            out.append('a trace sends token-id prompts (its shared blocks exact) on completions: leave endpoint out')
+        if self.dataset_format is not None:
+            out.append("dataset_format is for dataset files; a trace's format is trace_format (or detected)")
+        ts = self.time_scale
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 < ts < math.inf:
+            out.append(f"time_scale must be a positive number (0.5: twice as fast), got {ts!r}")
+        for f, low in (("trace_start", 0), ("block_tokens", 1), ("trace_block_tokens", 1)):
+            v = own[f]
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                out.append(f"{f} must be an integer >= {low}, got {v!r}")
+        return out
+
     # -- requests ------------------------------------------------------------------------------------------
     def specs(self, vocab_size: int, seed: int, codec: Codec | None = None,
               max_model_len: int | None = None) -> list[RequestSpec]:
@@ -119,6 +156,8 @@ class Workload:
         count the client knows; without it (a remote deployment) the server's usage is the only count."""
         if self.kind == "dataset":
             return self._dataset_specs(codec, max_model_len)
+        if self.kind == "trace":  # the prompts only: their send times are trace()'s
+            return self.trace(vocab_size, seed, max_model_len).specs
         if self.kind == "shared-prefix":
             specs = shared_prefix_prompts(self.num_requests, self.prefix_len, self.prompt_len - self.prefix_len,
                                           self.output_len, vocab_size, seed, self.num_prefixes)
@@ -166,6 +205,14 @@ class Workload:
         text = codec.decode if codec else (lambda row: " ".join(map(str, row)))
         return [Conversation(tuple(text(turn.tolist()) for turn in conv), self.output_len) for conv in ids]
 
+    def trace(self, vocab_size: int, seed: int, max_model_len: int | None = None) -> TraceReplay:
+        """Kind ``trace``: the slice's requests (token-id prompts, shared blocks shared) and their send times."""
+        from servingbench.load.trace import replay
+
+        return replay(self.dataset, vocab_size=vocab_size, seed=seed, count=self.num_requests, start=self.trace_start,
+                      format=self.trace_format, time_scale=self.time_scale, block_tokens=self.block_tokens,
+                      trace_block_tokens=self.trace_block_tokens, max_model_len=max_model_len, name=self.name)
+
     def warmup_specs(self, vocab_size: int, seed: int) -> list[RequestSpec]:
         if not self.warmup_requests:
             return []
@@ -185,12 +232,16 @@ class Workload:
                                 f"workload {self.name!r} output_dist")
 
     # -- how ------------------------------------------------------------------------------------------------
-    def shape(self, seed: int, timeout_s: float) -> LoadShape:
+    def shape(self, seed: int, timeout_s: float, offsets: tuple[float, ...] | None = None) -> LoadShape:
+        """How it is sent; ``offsets``: a trace's recorded schedule (open loop at those times)."""
+        span = max(offsets, default=0.0) if offsets else 0.0  # a trace's last arrival
+        deadline = self.deadline_s or self.derived_deadline(timeout_s) + span
         return LoadShape(concurrency=self.concurrency, request_rate=self.request_rate, burstiness=self.burstiness,
                          timeout_s=timeout_s, seed=seed, endpoint="chat" if self.kind == "conversation" else self.endpoint,
                          ignore_eos=self.ignore_eos, temperature=self.temperature, top_p=self.top_p,
-                         sampling_seed=self.sampling_seed, deadline_s=self.deadline_s or self.derived_deadline(timeout_s),
-                         max_schedule_lag_ms=self.max_schedule_lag_ms, max_queue_ms=self.max_queue_ms)
+                         sampling_seed=self.sampling_seed, deadline_s=deadline,
+                         max_schedule_lag_ms=self.max_schedule_lag_ms, max_queue_ms=self.max_queue_ms,
+                         offsets=offsets)
 
     def derived_deadline(self, timeout_s: float) -> float:
         """One request timeout, plus every request served one after another at a slow 50 ms per output token and
@@ -254,6 +305,7 @@ class Workload:
         return d
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Workload)}
 # The fields the label spelled out before workloads had more; the others go into its hash.
 _LABEL_FIELDS = {"num_requests", "concurrency", "request_rate", "prompt_len", "output_len", "kind", "prefix_len",
                  "num_prefixes", "warmup_requests", "endpoint"}

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-KINDS = ("random", "shared-prefix", "dataset", "conversation")
+KINDS = ("random", "shared-prefix", "dataset", "conversation", "trace")
+TRACE_FORMATS = ("mooncake", "azure", "burstgpt")
 ENDPOINTS = ("completions", "chat")
 
 Count = Annotated[int, Field(ge=1)]  # a number of things there must be at least one of
@@ -59,6 +60,11 @@ class WorkloadEntry(BaseModel):
     max_queue_ms: Millis = 100.0
     client_workers: Optional[Count] = None
     max_client_ttft_error_ms: Millis = 25.0
+    trace_format: Optional[Literal[TRACE_FORMATS]] = None  # type: ignore[valid-type]
+    time_scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0  # 0.5: the trace twice as fast
+    trace_start: Annotated[int, Field(ge=0)] = 0
+    block_tokens: Count = 512  # trace.MOONCAKE_BLOCK_TOKENS
+    trace_block_tokens: Count = 512
 
     @field_validator("request_rate", mode="before")
     @classmethod

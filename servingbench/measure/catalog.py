@@ -125,6 +125,11 @@ CATALOG: dict[str, Metric] = {m.name: m for m in (
     Metric("memory_utilization", "fraction", None, label="memory utilization (of GPU, else host RAM)",
            fmt="{:.1%}"),
     Metric("gpu_utilization", "%", None, label="GPU utilization, mean (%)", fmt="{:.0f}"),
+    # energy over the measured part (NVML on the server's GPUs, RAPL on a CPU; measure/energy.py)
+    Metric("energy_j", "J", None),
+    Metric("mean_power_w", "W", None, label="power over the run, mean (W)", fmt="{:.0f}"),
+    Metric("joules_per_output_token", "J/tok", "lower", label="energy per output token (J)", fmt="{:.3g}"),
+    Metric("output_tokens_per_joule", "tok/J", "higher"),
     Metric("batch_efficiency", "fraction", "higher", derived="single-stream",
            label="batch efficiency: T(C) / (C x T(1))", fmt="{:.3f}"),
     # goodput and MFU are the report's: no bound reads them

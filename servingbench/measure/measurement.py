@@ -38,13 +38,15 @@ class InvalidRun(MissingFigure):
 _WITHOUT_SUCCESS = catalog.without_success()
 # Telemetry figures: missing, not 0.0, where nothing sampled what they read (a max bound would pass a zero)
 TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", "gpu_utilization", "rss_peak_gib")
+# Energy over the measured part (measure/energy.py): missing, with the meter's reason, where it was not measured
+ENERGY_FIGURES = ("energy_j", "mean_power_w", "joules_per_output_token", "output_tokens_per_joule")
 
 # Figures a workload kind adds (suite/workload_figures.py): a run without them has them missing, not unknown
 _TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
 _SPEC_FIGURES = {"spec_acceptance_rate", "spec_mean_accepted_length", "spec_drafts", "spec_draft_tokens",
                  "spec_accepted_tokens"}
 _REASONING_FIGURES = {"median_ttfat_ms", "p99_ttfat_ms", "unanswered_requests", "mean_reasoning_chunks"}
-_PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits",
+_PREFIX_FIGURES = {"prefix_cache_hit_rate", "prefix_cache_queries", "prefix_cache_hits", "expected_prefix_hit_rate",
                    "expected_prefix_hit_rate_low", "expected_prefix_hit_rate_high"}
 
 
@@ -59,8 +61,9 @@ def absent_workload_figure(name: str, records: Sequence[RequestRecord]) -> str |
         return f"{name}: needs successful requests at two turns or more ({served})"
     if name in _PREFIX_FIGURES:
         return (f"{name}: the server's /metrics gave no prefix-cache counters over the measured part (not a vLLM "
-                "server, /metrics unreachable, or a workload kind that does not read them: only conversation and "
-                "shared-prefix do" + ("; the expected range needs a multi-turn run" if "expected" in name else "")
+                "server, /metrics unreachable, or a workload kind that does not read them: only conversation, "
+                "shared-prefix and trace do" + ("; the expected figures need a multi-turn run or a trace"
+                                                if "expected" in name else "")
                 + ")")
     if name in _SPEC_FIGURES:
         return (f"{name}: the server drafted nothing over the run (no vllm:spec_decode counters in /metrics, or "
@@ -86,6 +89,7 @@ def _one_run_figures() -> frozenset[str]:
 
     flat = compute_metrics([], 1.0).to_vllm_json()
     return frozenset({k for k, v in flat.items() if not isinstance(v, dict)} | set(TELEMETRY_FIGURES)
+                     | set(ENERGY_FIGURES)
                      | {"seconds_per_output_token", "failure_rate", "kv_capacity_tokens"})
 
 
@@ -121,6 +125,8 @@ class Measurement:
         and report show it, marked); what asserts on it calls ``require_valid`` first."""
         if name in self.figures:
             return float(self.figures[name])
+        if name in ENERGY_FIGURES:
+            return self._energy_figure(name)
         flat = self.metrics.to_vllm_json()
         derived: dict[str, Any] = {name: None for name in TELEMETRY_FIGURES}
         derived.update({
@@ -173,6 +179,27 @@ class Measurement:
         raise MissingFigure(f"{name}: nothing sampled the server's memory ({t.samples} samples; a --server-url "
                             "deployment is not a process of this machine, or the server had exited); it is "
                             "missing, not 0")
+
+    def _energy_figure(self, name: str) -> float:
+        """Energy over the measured part, per output token where asked; MissingFigure with the meter's reason."""
+        t = self.telemetry
+        if t.energy_j is None:
+            raise MissingFigure(f"{name}: {t.energy_note or 'energy not measured (a run saved before the meter)'}")
+        tokens = self.metrics.total_output_tokens
+        if name == "energy_j":
+            return float(t.energy_j)
+        if name == "mean_power_w":
+            if t.energy_s <= 0:
+                raise MissingFigure(f"{name}: the energy window has no duration")
+            return t.energy_j / t.energy_s
+        if not tokens:
+            raise MissingFigure(f"{name}: no output tokens over the measured part ({self.metrics.completed} "
+                                "successful requests)")
+        if name == "joules_per_output_token":
+            return t.energy_j / tokens
+        if t.energy_j <= 0:
+            raise MissingFigure(f"{name}: the counter did not move ({t.energy_j} J over {t.energy_s:.1f} s)")
+        return tokens / t.energy_j
 
     def require_valid(self, name: str) -> "Measurement":
         """This measurement, or ``InvalidRun`` naming ``name`` and every broken precondition."""

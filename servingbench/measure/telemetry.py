@@ -173,6 +173,11 @@ class TelemetrySummary:
     gpu_memory_utilization_peak: list[float] = field(default_factory=list)  # used / total, 0..1
     gpu_utilization_mean: list[float] = field(default_factory=list)  # percent, while sampling
     gpu_utilization_max: list[float] = field(default_factory=list)
+    # energy over the measured part (measure/energy.py): None with the reason in energy_note where not measured
+    energy_j: float | None = None
+    energy_s: float = 0.0
+    energy_source: str = ""  # "nvml" (the server's GPUs) or "rapl" (the CPU packages)
+    energy_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -126,7 +126,7 @@ def check_machine_info(config: pytest.Config, state: PluginState, benchmarksessi
                 f"refusing to compare: the baseline in {where} was recorded on {what} {theirs.get(key)!r}, this run "
                 f"is {what} {ours.get(key)!r}; its numbers are no expectation for this run. Compare against "
                 f"baselines/{ours.get('hardware_profile')} (the default without --benchmark-storage; {RECORD_HINT}), "
-                f"or pass --profile {theirs.get('hardware_profile')} if this machine is that profile")
+                f"or pass --hardware-key {theirs.get('hardware_profile')} if this machine is that profile")
     mine, recorded = ours.get("identity"), theirs.get("identity")
     if recorded is None:
         state.baselines.notes.append(f"the baseline in {where} records no hardware identity (made before it was "
@@ -134,12 +134,12 @@ def check_machine_info(config: pytest.Config, state: PluginState, benchmarksessi
     elif recorded != mine:
         differs = ", ".join(f"{k} {recorded.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(recorded) | set(mine))
                             if recorded.get(k) != mine.get(k))
-        if not config.getoption("--profile", default=None):
+        if not config.getoption("--hardware-key", default=None):
             raise pytest.UsageError(
                 f"refusing to compare: the baseline in {where} has this hardware key but was recorded on other "
                 f"hardware ({differs}); figures of one are no expectation for the other. Record a baseline here "
-                f"({RECORD_HINT}), or pass --profile {ours.get('hardware_profile')} to compare anyway")
-        state.baselines.notes.append(f"--profile given: compared with a baseline of other hardware ({differs})")
+                f"({RECORD_HINT}), or pass --hardware-key {ours.get('hardware_profile')} to compare anyway")
+        state.baselines.notes.append(f"--hardware-key given: compared with a baseline of other hardware ({differs})")
     changed = [f"{k} {theirs.get(k)} -> {ours.get(k)}" for k in ("vllm", "torch", "transformers", "cuda", "driver")
                if theirs.get(k) != ours.get(k)]
     if changed:

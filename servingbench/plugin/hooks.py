@@ -92,9 +92,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     studies = config.getoption("--studies")
     order: dict[str, int] = {}
     for item in items:
-        if "gpu" in item.keywords and not state.gpu:
+        if item.get_closest_marker("gpu") and not state.gpu:  # a marker, not a keyword: a param id "gpu" is none
             item.add_marker(skip_gpu)
-        if "study" in item.keywords and not studies:
+        if item.get_closest_marker("study") and not studies:
             item.add_marker(skip_study)
         item.stash[NEEDS] = _needs(item)
         if item.stash[NEEDS] or "bench" in getattr(item, "fixturenames", ()):

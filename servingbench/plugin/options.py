@@ -42,8 +42,9 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--model", default=None, help="model profile name (cpu-llama-36m, llama-2-7b, mistral-7b), or a "
                 "local checkpoint directory, or a hub id")
     g.addoption("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallel size (default 1)")
-    g.addoption("--profile", default=None, help="hardware key for thresholds and baselines "
-                "(default: detected, e.g. H100-80GB or cpu-2c-avx512)")
+    g.addoption("--hardware-key", "--profile", dest="hardware_key", default=None,
+                help="hardware key for thresholds and baselines (default: detected, e.g. H200-SXM-140GB or "
+                "cpu-2c-avx2); --profile is its older name")
     g.addoption("--server-url", default=None, help="measure an existing OpenAI-compatible deployment instead of "
                 "starting servers; tests that need other configs are skipped")
     g.addoption("--api-key", default=os.environ.get("SERVINGBENCH_API_KEY"), help="API key passed to the "

@@ -145,13 +145,13 @@ def resolve(config: pytest.Config) -> PluginState:
             replay_env = replay_environment(replay)
         except (OSError, ValueError) as e:
             raise pytest.UsageError(f"--replay {replay}: {e}") from None
-        hardware = hw.from_environment(replay_env, config.getoption("--profile"))
+        hardware = hw.from_environment(replay_env, config.getoption("--hardware-key"))
         gpu = hardware.gpu
         model_name = config.getoption("--model") or replay_env.get("model")
     else:
         if gpu:
             _check_gpu_environment()
-        hardware = hw.detect(gpu, config.getoption("--profile"), tp)
+        hardware = hw.detect(gpu, config.getoption("--hardware-key"), tp)
         model_name = config.getoption("--model") or ("llama-2-7b" if gpu else "cpu-llama-36m")
     try:
         model = get_model(model_name)

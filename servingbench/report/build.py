@@ -259,6 +259,25 @@ def efficiency_section(doc: Doc, data: RunData, effs: dict[str, Any], figs: Path
                                    [b[3] for b in bars], figs / "efficiency.png",
                                    f"{data.hardware} / {data.model}: distance to the hardware limit"),
                 "MBU and MFU per measurement (100% = the hardware's peak).")
+    energy_table(doc, data)
+
+
+def energy_table(doc: Doc, data: RunData) -> None:
+    """Energy per output token beside MBU: the physical cost of each run, or why it was not measured."""
+    rows = []
+    for m in data.measurements:
+        t = m.telemetry
+        if t.energy_j is None:
+            rows.append([m.key] + ["n/a"] * 4 + [t.energy_note or "not measured"])
+            continue
+        figures_ = [m.value(n) if m.metrics.total_output_tokens else None
+                    for n in ("mean_power_w", "joules_per_output_token", "output_tokens_per_joule")]
+        rows.append([m.key, fmt(t.energy_j, "{:.0f}"), fmt(figures_[0], "{:.0f}"), fmt(figures_[1], "{:.3g}"),
+                     fmt(figures_[2], "{:.3g}"), f"{t.energy_source}; {t.energy_note}".rstrip("; ")])
+    doc.p("Energy over each run's measured part: NVML's total-energy counter of the server's own GPUs (a "
+          "difference over the run), or RAPL's CPU package counters where the machine exposes them.")
+    doc.table(["measurement", "energy J", "mean W", "J per output token", "output tokens per J", "source / note"],
+              rows)
 
 
 def sweep_section(doc: Doc, data: RunData, groups: dict[tuple[str, str], list[Measurement]], opts: ReportOptions,

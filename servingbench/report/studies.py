@@ -59,6 +59,7 @@ def study_sections(doc: "Doc", data: "RunData", figs: Path) -> None:
     prefix_cache(doc, data.studies.get("prefix_cache"), figs)
     tensor_parallel(doc, data.studies.get("tensor_parallel"), figs)
     offline(doc, data.studies.get("offline"), figs)
+    speculative(doc, data.studies.get("speculative"))
 
 
 def _absent(doc: "Doc", title: str, study: Row | None) -> bool:
@@ -210,3 +211,18 @@ def offline(doc: "Doc", study: Row | None, figs: Path) -> None:
             figs / "offline.png", "Offline generation", "engine / block size",
             highlight=next((i for i, r in enumerate(ok) if r.get("engine") == "hf"), None)),
             "Offline throughput and peak memory per engine (orange: HF).")
+
+
+def speculative(doc: "Doc", study: Row | None) -> None:
+    if _absent(doc, "Speculative decoding: plain vs drafted", study):
+        return
+    rows = sorted(study["rows"], key=lambda r: r.get("key") != "plain")
+    _table(doc, rows, [("mode", _get("key"), "{}"), ("config", _get("config_name"), "{}"),
+                       ("acceptance", _get("spec_acceptance_rate"), "{:.1%}"),
+                       ("mean accepted length", _get("spec_mean_accepted_length"), "{:.2f}"),
+                       ("tokens per chunk", _get("tokens_per_chunk"), "{:.2f}"), *SERVING])
+    f = study.get("findings") or {}
+    if f.get("tpot_speedup") is not None:
+        doc.p(f"TPOT p50 speed-up from drafting: {f['tpot_speedup']:.3g}x; throughput gain "
+              f"{_fmt(f.get('throughput_gain'), '{:.3g}x')}; the client's tokens per chunk agree with the "
+              f"server's accepted length: {f.get('views_agree')}.")

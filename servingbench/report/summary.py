@@ -14,7 +14,7 @@ COLUMNS = [
     ("config", "{}"), ("workload", "{}"), ("ok/fail", "{}"), ("out tok/s", "{:.1f}"), ("req/s", "{:.2f}"),
     ("TTFT p50 ms", "{:.1f}"), ("TTFT p99 ms", "{:.1f}"), ("TPOT p50 ms", "{:.2f}"), ("ITL p50 ms", "{:.2f}"),
     ("E2EL p50 ms", "{:.0f}"), ("E2EL p99 ms", "{:.0f}"), ("mem util", "{:.1%}"), ("mem GiB", "{:.2f}"),
-    ("GPU util %", "{:.0f}"), ("start s", "{:.0f}"),
+    ("GPU util %", "{:.0f}"), ("J/out tok", "{:.3g}"), ("start s", "{:.0f}"),
 ]
 
 
@@ -35,7 +35,7 @@ def row(m: Measurement) -> list[str]:
         f"{m.metrics.completed}/{m.metrics.failed}", m.metrics.output_throughput, m.metrics.request_throughput,
         m.metrics.ttft.median, m.metrics.ttft.percentiles[99], m.metrics.tpot.median, m.metrics.itl.median,
         m.metrics.e2el.median, m.metrics.e2el.percentiles[99], _or_nan(m, "memory_utilization"), mem_gib,
-        _or_nan(m, "gpu_utilization"), m.server_startup_s if m.server_startup_s is not None else float("nan"),
+        _or_nan(m, "gpu_utilization"), _or_nan(m, "joules_per_output_token"), m.server_startup_s if m.server_startup_s is not None else float("nan"),
     ]
     return [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values)]
 

@@ -1,5 +1,5 @@
-"""The report's workload-kind sections: capacity under the SLO (request-rate sweeps), multi-turn conversations, and
-the runs whose preconditions broke.
+"""The report's workload-kind sections: capacity under the SLO (request-rate sweeps), multi-turn conversations,
+trace replays, and the runs whose preconditions broke.
 
 Capacity searches come from ``<results>/capacity/*.json`` (``RunData.capacities``); conversation figures from the
 measurements' ``figures`` (``median_ttft_ms_turnN``, ``prefix_cache_hit_rate``, ...). A run listed as invalid
@@ -22,9 +22,10 @@ TURN = re.compile(r"median_ttft_ms_turn(\d+)$")
 
 
 def workload_sections(doc: Doc, data: RunData, figs: Path) -> None:
-    """Capacity, conversations and invalid runs, in that order."""
+    """Capacity, conversations, trace replays and invalid runs, in that order."""
     capacity_section(doc, data, figs)
     conversation_section(doc, data)
+    trace_section(doc, data)
     invalid_section(doc, data)
 
 
@@ -139,6 +140,38 @@ def conversation_section(doc: Doc, data: RunData) -> None:
         doc.ul([f"TTFT p50 of the last turn over the first: {fmt(ratio, '{:.2f}')}x"
                 + (f" (turn {turns[-1]} vs turn {turns[0]})" if ratio is not None and turns else ""),
                 hit_rate_line(m.figures)])
+
+
+def trace_hit_cell(f: Mapping[str, float]) -> str:
+    """The measured hit rate against the range the trace's blocks and the run's timing allow."""
+    hit, low, high = (f.get(k) for k in ("prefix_cache_hit_rate", "expected_prefix_hit_rate_low",
+                                        "expected_prefix_hit_rate_high"))
+    if hit is None or low is None or high is None:
+        return "not measured" if hit is None else f"{hit:.1%} (no expected range: KV block size unknown)"
+    verdict = "within" if low - 1e-9 <= hit <= high + 1e-9 else "outside (evicted?)"
+    return f"{hit:.1%}, {verdict} {low:.1%} to {high:.1%}"
+
+
+def trace_section(doc: Doc, data: RunData) -> None:
+    """Per trace replay: what was replayed, how fast, and the measured hit rate beside what the trace implies."""
+    doc.h(2, "Trace replays")
+    runs = [m for m in data.measurements if m.workload.get("kind") == "trace"]
+    if not runs:
+        doc.p("not measured in this run (no trace workload)")
+        return
+    doc.p("Each request was sent at its recorded offset times time_scale; prompts share blocks where the trace's "
+          "hash_ids do. Implied: the prefix-cache hit rate the blocks imply at the server's block size with nothing "
+          "evicted; the range: what the run's timing allows (a rate below it: the server evicted blocks).")
+    rows = []
+    for m in runs:
+        w, f = m.workload, m.figures
+        rows.append([m.config_name, str(w.get("name")), Path(str(w.get("dataset", ""))).name,
+                     fmt(w.get("num_requests"), "{:d}"), fmt(w.get("time_scale"), "{:g}"),
+                     fmt(m.metrics.to_vllm_json().get("p99_ttft_ms")),
+                     fmt(f.get("expected_prefix_hit_rate"), "{:.1%}"), trace_hit_cell(f),
+                     "invalid run" if m.invalid else "valid"])
+    doc.table(["config", "workload", "trace", "requests", "time scale", "TTFT p99 ms", "hit rate implied",
+               "hit rate measured", "run"], rows)
 
 
 def invalid_section(doc: Doc, data: RunData) -> None:

@@ -113,11 +113,6 @@ def spec_counters(samples: list[tuple[str, dict[str, str], float]]) -> SpecCount
     return None if any(v is None for v in vals) else SpecCounters(*vals)  # type: ignore[arg-type]
 
 
-def read_prefix_counters(url: str, api_key: str | None = None) -> PrefixCounters:
-    """The server's prefix-cache counters now; raises (OSError, ValueError) where /metrics cannot say."""
-    return prefix_counters(telemetry.fetch_metrics(url, api_key))
-
-
 def kv_cache_info(url: str, api_key: str | None = None) -> dict[str, Any]:
     """Block size, block count and cumulative prefix-cache hit rate from vLLM's /metrics; {} if unreachable."""
     try:

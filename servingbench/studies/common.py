@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from servingbench.load.workload import Workload, workload_from
 from servingbench.studies.kv_cache import KVCapacity
+from servingbench.studies.params_schema import study_problems
 from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.measurement import STUDY_SCHEMA as SCHEMA
@@ -75,7 +76,11 @@ def load_study_params(path: Path | str, study: str, gpu: bool) -> StudyParams:
     section = raw[study]
     variant = "gpu" if gpu else "cpu"
     shared = {k: v for k, v in section.items() if k not in ("cpu", "gpu")}
-    return StudyParams(study, variant, {**shared, **section.get(variant, {})}, str(path))
+    values = {**shared, **section.get(variant, {})}
+    problems = study_problems(study, values)
+    if problems:
+        raise StudyConfigError(f"{path}: [{study}] for the {variant} profile: " + "; ".join(problems))
+    return StudyParams(study, variant, values, str(path))
 
 
 # ---- result files ----------------------------------------------------------------------------------------------

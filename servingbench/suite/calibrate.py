@@ -60,7 +60,7 @@ ROW_METRICS = tuple((name, catalog.CATALOG[name].bound_side)
 class CalibrationOptions:
     gpu: bool = False
     model: str | None = None
-    hardware_key: str | None = None  # --profile: the key to calibrate (default: detected)
+    hardware_key: str | None = None  # --hardware-key: the key to calibrate (default: detected)
     tensor_parallel_size: int = 1
     table: Path = Path("perf/expected_performance.toml")
     baseline_dir: Path = Path("baselines")

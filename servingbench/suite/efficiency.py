@@ -157,7 +157,7 @@ def find_peaks(hardware: str, gpu_name: str | None, devices: Sequence[Mapping[st
 
 def find_peaks_for_sku(hardware: str, sku: str | None, gpu_name: str | None, devices: Sequence[Mapping[str, Any]],
                        count: int | None = None) -> DevicePeaks | None:
-    """find_peaks by the hardware key, else by the GPU SKU a run recorded: a --profile key ("my-lab") names the
+    """find_peaks by the hardware key, else by the GPU SKU a run recorded: a --hardware-key key ("my-lab") names the
     rows and baselines, not the part, and must not cost the run its datasheet peaks."""
     found = find_peaks(hardware, gpu_name, devices, count=count)
     if found is None and sku and sku != hardware:

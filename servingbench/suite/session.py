@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import psutil
 
 from servingbench.measure import telemetry
+from servingbench.measure.energy import EnergyMeter, EnergyReading
 from servingbench.measure.http import open_url
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
@@ -51,6 +52,30 @@ def server_gpus(server: ServerProcess | None) -> tuple[list[int], list[str]]:
         return server.gpu_indices(), []
     except telemetry.GpuSelectionError as e:
         return [], [f"GPU telemetry left out: {e}"]
+
+
+@dataclass
+class _NoMeter:
+    """Energy this process cannot read for the server: not measured, with the reason."""
+
+    note: str
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> EnergyReading:
+        return EnergyReading(None, 0.0, "", self.note)
+
+
+def server_energy_meter(server: ServerProcess | None, gpus: list[int]) -> EnergyMeter | _NoMeter:
+    """The meter of a server this suite started: NVML on its GPUs, else RAPL on the CPU packages."""
+    if server is None:
+        return _NoMeter("energy not measured: a --server-url deployment's GPUs or CPUs are not this process's to "
+                        "read; measure a server the suite starts")
+    if not gpus and telemetry.gpu_count():
+        return _NoMeter("energy not measured: the server's GPUs could not be told from the host's others (see "
+                        "the GPU telemetry note); the whole host's would count other tenants")
+    return EnergyMeter(gpus=gpus)
 
 
 @dataclass
@@ -126,21 +151,33 @@ class BenchSession:
         counters = PrefixWatch(url, self.api_key) if config.engine == "vllm" else None
         gpus, gpu_note = server_gpus(server)
         sampler = telemetry.Sampler(server.proc.pid if server and server.proc else None, gpus=gpus)
+        meter = server_energy_meter(server, gpus)
+
+        def before() -> None:  # right before the measured part: counter snapshots, and the energy counter
+            if counters is not None:
+                counters.start()
+            meter.start()
+
         shape = workload.shape(seed, self.request_timeout_s)
         vocab = self.settings.vocab_size
         # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
         # transformers costs seconds of start-up every session would pay for nothing
         codec = self.codec() if workload.sends_text else None
+        trace = None
         try:
             if workload.kind == "conversation":
                 convs = workload.conversations(vocab, seed, codec)
                 with sampler:
                     result = asyncio.run(run_conversations(url, model, convs, shape, think_time_s=workload.think_time_s,
                                                            api_key=self.api_key,
-                                                           before_measured=counters.start if counters else None))
+                                                           before_measured=before))
             else:
-                specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
-                warmup, before = workload.warmup_specs(vocab, seed), counters.start if counters else None
+                if workload.kind == "trace":  # its own schedule: the recorded arrival times, scaled
+                    trace = workload.trace(vocab, seed, self.settings.model.max_model_len)
+                    specs, shape = trace.specs, workload.shape(seed, self.request_timeout_s, trace.offsets)
+                else:
+                    specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
+                warmup = workload.warmup_specs(vocab, seed)
                 workers = workload.workers()
                 with sampler:
                     if workers > 1:
@@ -154,6 +191,7 @@ class BenchSession:
             self.errors[key] = str(e)
             self._config_errors.add(key)
             raise
+        energy = meter.stop()
         invalid = list(result.invalid)
         warnings = list(result.warnings) + gpu_note + token_count_notes(
             result.records, exact=codec is not None or not workload.sends_text)
@@ -169,12 +207,15 @@ class BenchSession:
             kv_cache=kv_cache_info(url, self.api_key) if config.engine == "vllm" else {}, warnings=warnings,
             environment=self.settings.provenance(),
             loop_lag_ms_p99=result.loop_lag_ms_p99, invalid=invalid)
+        m.telemetry.energy_j, m.telemetry.energy_s = energy.joules, energy.seconds
+        m.telemetry.energy_source, m.telemetry.energy_note = energy.source, energy.note
         m.figures.update(turn_figures(result.records))
         m.figures.update(reasoning_figures(result.records))
         if counters is not None:
             m.figures.update(counters.spec_figures())
-        if counters is not None and workload.kind in ("conversation", "shared-prefix"):
-            m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size")))
+        if counters is not None and workload.kind in ("conversation", "shared-prefix", "trace"):
+            m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size"),
+                                              prompts=trace.prompts if trace is not None else None))
         if after is not None:
             after(server, m)
         m.save(self.results_dir)  # first: a self-test that fails must not lose the measured run

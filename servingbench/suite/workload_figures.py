@@ -3,6 +3,8 @@
 - Multi-turn chat: TTFT by turn index (``median_ttft_ms_turn1`` ...), which shows what prefix caching does to
   later turns, and the prefix-cache hit rate from the server's ``/metrics`` deltas over the measured part
   (``prefix_cache_hit_rate``) beside the range the histories imply (``expected_prefix_hit_rate_low/high``).
+- Trace replay: the same measured hit rate beside the rate the trace's hash_ids imply at the server's block size
+  (``expected_prefix_hit_rate``) and the range the run's timing allows (``expected_prefix_hit_rate_low/high``).
 - Speculative decoding (a vLLM config with a speculative method): acceptance rate and mean accepted length from
   the server's ``/metrics`` deltas over the measured part (``spec_acceptance_rate``, ``spec_mean_accepted_length``).
 - Reasoning streams: time to the first answer token past the reasoning (``median_ttfat_ms``, ``p99_ttfat_ms``).
@@ -12,16 +14,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from servingbench.load.conversation import expected_hit_range
 from servingbench.load.datasets import Codec
+from servingbench.load.trace import hit_figures
 from servingbench.measure.records import RequestRecord
 from servingbench.measure import telemetry
-from servingbench.servers.vllm import (PrefixCounters, SpecCounters, prefix_counters, read_prefix_counters,
+from servingbench.servers.vllm import (PrefixCounters, SpecCounters, prefix_counters,
                                        spec_counters)
 
 
@@ -109,6 +112,8 @@ class PrefixWatch:
     api_key: str | None = None
     before: PrefixCounters | None = None  # None: /metrics could not say at the start, so there is no delta
     spec_before: SpecCounters | None = None  # None: no speculative decoding counters (or /metrics unreachable)
+    _end_samples: list[tuple[str, dict[str, str], float]] | None = field(default=None, repr=False)
+    _ended: bool = field(default=False, repr=False)
 
     def start(self) -> None:
         try:
@@ -122,25 +127,39 @@ class PrefixWatch:
             self.before = None
         self.spec_before = spec_counters(samples)
 
+    def _end(self) -> list[tuple[str, dict[str, str], float]] | None:
+        """The server's /metrics once, at the end of the run, for both counter sets (None: unreachable)."""
+        if not self._ended:
+            self._ended = True
+            try:
+                self._end_samples = telemetry.fetch_metrics(self.url, self.api_key)
+            except OSError:
+                self._end_samples = None
+        return self._end_samples
+
     def spec_figures(self) -> dict[str, float]:
         """Speculative decoding over the measured part: acceptance rate and mean accepted length; {} for a server
         that does not speculate (the bound on a figure then fails as missing, with the reason)."""
-        if self.spec_before is None:
+        samples = self._end() if self.spec_before is not None else None
+        if samples is None:
             return {}
         try:
-            now = spec_counters(telemetry.fetch_metrics(self.url, self.api_key))
+            now = spec_counters(samples)
             return (now - self.spec_before).figures() if now is not None else {}
-        except (OSError, ValueError):
+        except ValueError:
             return {}
 
-    def figures(self, records: Sequence[RequestRecord], block_size: Any) -> dict[str, float]:
-        """The measured hit rate and, for multi-turn runs, the range the histories imply; {} where /metrics
-        could not say (the measurement's notes do not hide it: the bound on the figure then fails as missing)."""
-        if self.before is None:
+    def figures(self, records: Sequence[RequestRecord], block_size: Any,
+                prompts: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
+        """The measured hit rate and what the workload implies: for multi-turn runs the range the histories
+        allow, for a trace (``prompts``, in the records' order) the rate its blocks imply and the range the run's
+        timing allows; {} where /metrics could not say (the bound on the figure then fails as missing)."""
+        samples = self._end() if self.before is not None else None
+        if samples is None:
             return {}
         try:
-            delta = read_prefix_counters(self.url, self.api_key) - self.before
-        except (OSError, ValueError):
+            delta = prefix_counters(samples) - self.before
+        except ValueError:
             return {}
         out: dict[str, float] = {"prefix_cache_queries": delta.queries, "prefix_cache_hits": delta.hits}
         if delta.hit_rate is not None:
@@ -148,4 +167,6 @@ class PrefixWatch:
         if block_size and any(r.turn is not None for r in records):
             low, high = expected_hit_range(records, int(block_size))
             out["expected_prefix_hit_rate_low"], out["expected_prefix_hit_rate_high"] = low, high
+        if block_size and prompts is not None:
+            out.update(hit_figures(prompts, records, int(block_size)))
         return out

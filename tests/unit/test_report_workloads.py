@@ -159,3 +159,22 @@ def test_sections_without_data_say_not_measured(tmp_path: Path) -> None:
     assert "## Multi-turn conversations\n\nnot measured in this run" in md
     assert "## Invalid runs\n\nnone: every measurement's preconditions held" in md
     assert not (tmp_path / "out" / "figures" / "capacity.png").exists()
+
+
+def test_trace_replays_show_the_hit_rate_beside_what_the_trace_implies(tmp_path: Path) -> None:
+    r = tmp_path / "r"
+    base_run(r)
+    figures = {"prefix_cache_hit_rate": 0.575, "expected_prefix_hit_rate": 0.575,
+               "expected_prefix_hit_rate_low": 0.56, "expected_prefix_hit_rate_high": 0.59}
+    run({"name": "moon", "kind": "trace", "dataset": "/x/mooncake_sample.jsonl", "time_scale": 0.3}, "moon-a",
+        figures=figures).save(r)
+    run({"name": "evict", "kind": "trace", "dataset": "/x/mooncake_sample.jsonl", "time_scale": 1.0}, "evict-b",
+        figures={**figures, "prefix_cache_hit_rate": 0.2}).save(r)
+    md = write_report([r], tmp_path / "out").read_text()
+    section = md.split("## Trace replays")[1].split("\n## ")[0]
+    assert "| vllm | moon | mooncake_sample.jsonl | 4 | 0.3 |" in section
+    assert "| 57.5% | 57.5%, within 56.0% to 59.0% | valid |" in section
+    assert "| 57.5% | 20.0%, outside (evicted?) 56.0% to 59.0% | valid |" in section
+    base_run(tmp_path / "r2")
+    empty = write_report([tmp_path / "r2"], tmp_path / "o2").read_text()
+    assert "## Trace replays\n\nnot measured in this run" in empty

@@ -42,3 +42,38 @@ def test_a_run_without_speculation_has_the_figures_missing_with_the_fix() -> Non
     m = Measurement("k", "vllm", "vllm", {}, {"name": "w"}, compute_metrics(recs, 1.0), TelemetrySummary(), recs, 0.0)
     with pytest.raises(MissingFigure, match="not a speculative config.*--speculative-config"):
         m.value("spec_acceptance_rate")
+
+
+def test_one_metrics_fetch_at_the_end_serves_both_the_prefix_and_the_spec_figures(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two reads at the end would straddle different instants (a server still finishing a step moves counters
+    between them); one read gives both deltas over the same interval."""
+    from servingbench.measure import telemetry
+    from servingbench.suite.workload_figures import PrefixWatch
+
+    end = SERVED.replace("drafts_total{engine=\"0\",model_name=\"m\"} 9.0",
+                         "drafts_total{engine=\"0\",model_name=\"m\"} 19.0") \
+        .replace("accepted_tokens_total{engine=\"0\",model_name=\"m\"} 23.0",
+                 "accepted_tokens_total{engine=\"0\",model_name=\"m\"} 33.0") \
+        .replace("draft_tokens_total{engine=\"0\",model_name=\"m\"} 23.0",
+                 "draft_tokens_total{engine=\"0\",model_name=\"m\"} 53.0") \
+        + "vllm:prefix_cache_hits_total{engine=\"0\"} 4.0\n"
+    start = SERVED + "vllm:prefix_cache_hits_total{engine=\"0\"} 0.0\n"
+    end = end.replace("vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"m\"} 12.0",
+                      "vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"m\"} 20.0")
+    answers = [parse_prometheus(start), parse_prometheus(end)]
+    calls: list[str] = []
+
+    def fetch(url: str, api_key: str | None = None, timeout: float = 5.0) -> list:
+        calls.append(url)
+        return answers[min(len(calls), 2) - 1]
+
+    monkeypatch.setattr(telemetry, "fetch_metrics", fetch)
+    watch = PrefixWatch("http://127.0.0.1:1")
+    watch.start()
+    spec = watch.spec_figures()
+    prefix = watch.figures([], None)
+    assert len(calls) == 2, calls  # one at the start, one at the end
+    assert spec["spec_drafts"] == 10 and spec["spec_accepted_tokens"] == 10 and spec["spec_draft_tokens"] == 30
+    assert prefix["prefix_cache_queries"] == 8 and prefix["prefix_cache_hits"] == 4
+    assert prefix["prefix_cache_hit_rate"] == pytest.approx(0.5)

@@ -108,7 +108,7 @@ def test_the_portable_tier_applies_to_hardware_the_table_has_never_seen() -> Non
 
 def test_profile_some_new_box_collects_at_least_five_portable_bounds() -> None:
     """As a user would see it: pytest's own collection of the generated tests, no skip among them."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "perf/expected_performance.toml", "--profile",
+    done = subprocess.run([sys.executable, "-m", "pytest", "perf/expected_performance.toml", "--hardware-key",
                            "some-new-box", "--collect-only", "-q", "-p", "no:cacheprovider"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

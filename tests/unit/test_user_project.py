@@ -28,7 +28,7 @@ output_throughput = {{ min = 1 }}
 
 def pytest_in(root: Path, *args: str, ini: str = "[pytest]\n") -> subprocess.CompletedProcess[str]:
     (root / "pytest.ini").write_text(ini)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--profile", "test-hw", *args],
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--hardware-key", "test-hw", *args],
                           cwd=root, capture_output=True, text=True, timeout=120)
 
 
