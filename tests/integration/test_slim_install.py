@@ -95,7 +95,7 @@ def run_user_project(venv: Path, root: Path, bound: str, url: str) -> subprocess
     env = without_checkout()
     env["SERVINGBENCH_CACHE"] = str(root / "cache")  # a model built here would show up in it
     return subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q",
-                           "-rA", "--server-url", url, "--profile", "test-hw", "--results-dir",
+                           "-rA", "--server-url", url, "--hardware-key", "test-hw", "--results-dir",
                            str(root / "results")], cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 

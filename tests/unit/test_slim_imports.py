@@ -108,7 +108,7 @@ def test_a_server_url_session_asserts_its_bound_without_torch(
         tmp_path: Path, slim_env: dict[str, str], peer: ServerProcess) -> None:
     project = user_project(tmp_path / "proj")
     done = run(slim_env, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "-rA", "--server-url", peer.url,
-               "--profile", "test-hw", "--results-dir", str(tmp_path / "results"), cwd=project)
+               "--hardware-key", "test-hw", "--results-dir", str(tmp_path / "results"), cwd=project)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert "PASSED perf/expected_performance.toml::test_expectation[any-cpu:vllm:failure_rate@tiny]" in out, out[-3000:]
@@ -118,7 +118,7 @@ def test_a_server_url_session_asserts_its_bound_without_torch(
 def test_a_session_that_must_build_the_generated_model_says_it_needs_hf(
         tmp_path: Path, slim_env: dict[str, str]) -> None:
     project = user_project(tmp_path / "proj")
-    done = run(slim_env, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "--profile", "test-hw",
+    done = run(slim_env, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "--hardware-key", "test-hw",
                "--results-dir", str(tmp_path / "results"), cwd=project)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
@@ -134,7 +134,7 @@ def test_a_server_of_an_engine_not_installed_is_one_line_before_it_starts(
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 256}')
     project = user_project(tmp_path / "proj")
-    done = run(slim_env, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "--profile", "test-hw",
+    done = run(slim_env, "-m", "pytest", "perf", "-p", "no:cacheprovider", "-q", "--hardware-key", "test-hw",
                "--model", str(checkpoint), "--results-dir", str(tmp_path / "results"), cwd=project)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
