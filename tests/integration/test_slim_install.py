@@ -9,9 +9,10 @@ fails, naming the measured value.
 Speed: the wheel's dependencies are installed from a wheelhouse under the model cache
 (``~/.cache/servingbench/wheelhouse``, ``SERVINGBENCH_CACHE``), offline (``--no-index``), which the first run
 fills with ``pip download`` from the configured index; a wheelhouse that lacks a new dependency is refilled once.
-Measured on the 2-core machine CI runs on (2026-12-06, the test alone): the install took 10 s from a warm
-wheelhouse and 19 s filling a cold one (the configured index, with its local mirrors); the whole test 44-45 s, the
-HF server's start included (a plain ``pip install`` of the wheel into a venv took 56 s).
+Measured on the 2-core machine CI runs on (2026-12-06, the test alone, with other work on the machine or without):
+the install took 4-10 s from a warm wheelhouse and 19 s filling a cold one (the configured index, with its local
+mirrors); the whole test 24-45 s, the HF server's start included (a plain ``pip install`` of the wheel into a venv
+with pip took 56 s).
 """
 
 from __future__ import annotations
