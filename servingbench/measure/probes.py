@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from servingbench.extras import message
 from servingbench.measure.files import atomic_write_text
 
 SCHEMA = "servingbench.bandwidth/1"
@@ -157,7 +158,7 @@ def gpu_copy_gb_s(*, gib: float = 2.0, repeats: int = 10, device_index: int = 0)
     try:
         import torch
     except ImportError as e:
-        raise RuntimeError(f"GPU bandwidth probe needs torch, which is not importable: {e}") from e
+        raise RuntimeError(f"{message('the GPU bandwidth probe', 'hf')}: {e}") from e
     if not torch.cuda.is_available():
         raise RuntimeError("GPU bandwidth probe: no CUDA device available (torch.cuda.is_available()"
                            f" is False; torch {torch.__version__}, built with CUDA {torch.version.cuda})")

@@ -10,10 +10,11 @@ import pytest
 
 from servingbench.suite.efficiency import DevicePeaks, gpus_used
 from servingbench.suite.gate import GateReport
-from servingbench.suite.models import materialize
+from servingbench.suite.models import local_model_path, materialize
 from servingbench.measure.measurement import Measurement
 from servingbench.plugin.state import state_of
 from servingbench.errors import ConfigError
+from servingbench.extras import MissingExtra
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
@@ -29,8 +30,16 @@ def session_of(config: pytest.Config) -> BenchSession:
         tp = config.getoption("--tensor-parallel-size")
         results = config.getoption("--results-dir") or Path(config.rootpath) / "results" / time.strftime("%Y%m%d-%H%M%S")
         replay = config.getoption("--replay")
+        path, missing = "", None
+        try:  # a session that starts no server builds no model without [hf]: it needs no torch
+            path = (local_model_path(state.model) if replay or config.getoption("--server-url")
+                    else materialize(state.model))
+        except MissingExtra as e:
+            missing = str(e)
+        if missing is not None:  # one line per test, not a traceback (nor a chained one): the fix is an install
+            pytest.fail(missing, pytrace=False)
         state.session = BenchSession(
-            settings=RunSettings(state.hardware, state.model, materialize(state.model), tp),
+            settings=RunSettings(state.hardware, state.model, path, tp),
             results_dir=Path(results), configs=state.table.configs, api_key=config.getoption("--api-key"),
             server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
             startup_timeout_s=config.getoption("--server-startup-timeout"), progress=config.getoption("--sb-progress"),
@@ -60,11 +69,13 @@ def measure_or_skip(bench: BenchSession) -> Any:
         try:
             return bench.measure(config_name, workload, **kw)
         except ConfigError as e:
-            pytest.fail(str(e), pytrace=False)
+            problem, skip = str(e), False
         except ServerUnavailable as e:
-            if bench.remote or bench.replay_dir is not None:
-                pytest.skip(str(e))
-            pytest.fail(str(e), pytrace=False)
+            problem, skip = str(e), bench.remote or bench.replay_dir is not None
+        # outside the except clauses: the report shows the one line, not the exception it would chain to
+        if skip:
+            pytest.skip(problem)
+        pytest.fail(problem, pytrace=False)
     return run
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from servingbench.extras import MissingExtra, require
 from servingbench.load.workload import ConfigError
 from servingbench.measure import environment as hw
 from servingbench.measure.http import open_url
@@ -80,6 +81,10 @@ def state_of(config: pytest.Config) -> PluginState:
 
 def _check_gpu_environment() -> None:
     """--gpu stops the session at once if CUDA or vLLM's CUDA build is missing."""
+    try:
+        require("--gpu", "gpu")
+    except MissingExtra as e:
+        raise pytest.UsageError(str(e)) from None
     import torch
 
     if not torch.cuda.is_available():

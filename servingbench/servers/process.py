@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import psutil
 
+from servingbench.extras import require
 from servingbench.measure import telemetry
 from servingbench.measure.http import open_url
 from servingbench.servers.logs import LOG_TAIL_LINES, cause_line
@@ -68,9 +69,19 @@ class ServerConfig:
     env: tuple[tuple[str, str], ...] = ()
     python: str | None = None  # the interpreter (environment) the server runs in; None: this one. A/B of two vLLMs
     engine: ClassVar[str] = "base"
+    # What the engine needs installed in this interpreter: (the feature as the error names it, a key of
+    # servingbench.extras.EXTRAS). None: only the base install.
+    needs: ClassVar[tuple[str, str] | None] = None
 
     def command(self, host: str, port: int) -> list[str]:
         raise NotImplementedError
+
+    def check_installed(self) -> None:
+        """``MissingExtra`` (one line: the extra and the command) when this engine's packages are not installed
+        here, before a server is started that would only die with an ImportError in its log. A config with its
+        own ``python`` runs in that environment, which its start-up checks."""
+        if self.needs is not None and self.python is None:
+            require(*self.needs)
 
     @property
     def name(self) -> str:
@@ -223,6 +234,7 @@ class ServerProcess:
         return telemetry.server_gpu_indices(self.environment(), count)
 
     def start(self) -> "ServerProcess":
+        self.config.check_installed()
         if self.port is None:
             self.port = free_port(self.host)
         ensure_port_free(self.host, self.port)

@@ -32,6 +32,7 @@ class VLLMConfig(ServerConfig):
     enforce_eager: bool = False
     max_num_seqs: int | None = None
     engine: ClassVar[str] = "vllm"
+    needs: ClassVar[tuple[str, str] | None] = ("the vLLM engine", "vllm")
 
     def command(self, host: str, port: int) -> list[str]:
         args = [self.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from servingbench.extras import require
 from servingbench.measure import telemetry
 from servingbench.servers.process import die_with_parent
 from servingbench.servers.vllm import NO_MULTICAST_ENV
@@ -118,7 +119,9 @@ def offline_env(spec: OfflineSpec, base: Mapping[str, str] | None = None) -> dic
 
 
 def run_offline(spec: OfflineSpec, log_dir: Path, timeout_s: float = 900.0) -> OfflineResult:
-    """Run ``spec`` in a subprocess and return its figures; raises OfflineError with the log's tail on failure."""
+    """Run ``spec`` in a subprocess and return its figures; raises OfflineError with the log's tail on failure,
+    and MissingExtra (one line) before starting it when the engine is not installed here."""
+    require(f"the offline study ({spec.engine})", "vllm" if spec.engine == "vllm" else "hf")
     log_dir.mkdir(parents=True, exist_ok=True)
     out = log_dir / f"offline-{spec.label}.json"
     log = log_dir / f"offline-{spec.label}.log"

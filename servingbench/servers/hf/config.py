@@ -18,6 +18,7 @@ class HFConfig(ServerConfig):
     load_format: str = "auto"  # "dummy": random init on the device
     step_delay_ms: float = 0.0  # a slowdown of known size per decode step (the gate's power benchmark)
     engine: ClassVar[str] = "hf"
+    needs: ClassVar[tuple[str, str] | None] = ("the HF engine", "hf")
 
     def command(self, host: str, port: int) -> list[str]:
         args = [self.python or sys.executable, "-m", "servingbench.cli", "serve-hf", "--model", self.model,
