@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from servingbench.load.datasets import expected_prefix_hit_rate
+from servingbench.load.synthetic import expected_prefix_hit_rate
 from servingbench.studies.common import StudyParams, kv_saving, load_study_params, prefix_findings, record_rows, serving_row
 from servingbench.studies.runs import REFERENCE, ServedRun, require_local, served_run, variant
 

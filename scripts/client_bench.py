@@ -29,7 +29,7 @@ try:
 except ImportError:  # run from a checkout without installing: the repository root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadShape
 from servingbench.suite.selftest import default_peer_processes, peer_server, self_test
 from servingbench.load.workers import available_cores, run_load_workers

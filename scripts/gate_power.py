@@ -66,7 +66,7 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def live(args: argparse.Namespace) -> int:
-    from servingbench.load.datasets import random_token_prompts
+    from servingbench.load.synthetic import random_token_prompts
     from servingbench.load.generator import LoadShape, run_load
     from servingbench.measure.measurement import Measurement
     from servingbench.measure.telemetry import TelemetrySummary

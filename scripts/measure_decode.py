@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.servers.hf.engine import HFBaselineServer
 from servingbench.suite.models import get_model, materialize
 

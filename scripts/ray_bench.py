@@ -31,7 +31,7 @@ try:
 except ImportError:  # run from a checkout without installing: the repository root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadShape
 from servingbench.load.workers import LocalProcessWorker, available_cores, run_load_workers
 from servingbench.suite.selftest import PROMPT_LEN, default_peer_processes, peer_server, summarize

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from servingbench.load.datasets import RequestSpec
+from servingbench.load.synthetic import RequestSpec
 from servingbench.load.generator import LoadResult, LoadShape, OpenAIClient, drive
 from servingbench.measure.records import RequestRecord
 

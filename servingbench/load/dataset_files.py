@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from servingbench.errors import ConfigError
-from servingbench.load.datasets import RequestSpec
+from servingbench.load.synthetic import RequestSpec
 
 FORMATS = ("prompt", "chat", "sharegpt")
 MAX_PROBLEMS = 10  # problems listed in one error; the count covers them all

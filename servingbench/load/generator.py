@@ -18,7 +18,7 @@ import aiohttp
 import numpy as np
 
 from servingbench.load import sse
-from servingbench.load.datasets import RequestSpec, random_token_prompts
+from servingbench.load.synthetic import RequestSpec, random_token_prompts
 from servingbench.measure.metrics import SLO, BenchmarkMetrics, compute_metrics
 from servingbench.measure.records import RequestRecord
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from servingbench.errors import ConfigError
-from servingbench.load.datasets import FIRST_ORDINARY_ID, RequestSpec
+from servingbench.load.synthetic import FIRST_ORDINARY_ID, RequestSpec
 
 KINDS = ("fixed", "uniform", "normal", "lognormal")
 _SHAPE_KEYS = {"fixed": ("mean",), "uniform": ("mean", "range_ratio"), "normal": ("mean", "stdev"),

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from servingbench.errors import ConfigError
 from servingbench.load.clock import MAX_CLOCK_UNCERTAINTY_MS, ClockOffset, measure_offset, shift_records
-from servingbench.load.datasets import RequestSpec
+from servingbench.load.synthetic import RequestSpec
 from servingbench.load.generator import LoadShape
 from servingbench.load.workers import (READY_TIMEOUT_S, STREAMS_PER_WORKER, WorkerError, WorkerReport, WorkerShare,
                                        WorkersResult, run_load_workers, run_share)

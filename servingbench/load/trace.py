@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from servingbench.load.dataset_files import MAX_PROBLEMS, DatasetError, _summary
-from servingbench.load.datasets import FIRST_ORDINARY_ID, RequestSpec
+from servingbench.load.synthetic import FIRST_ORDINARY_ID, RequestSpec
 from servingbench.load.trace_files import TraceRequest, read_trace
 from servingbench.measure.records import RequestRecord
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Protocol, Sequence
 
-from servingbench.load.datasets import RequestSpec
+from servingbench.load.synthetic import RequestSpec
 from servingbench.load.generator import (LOOP_LAG_WARN_MS, LoadResult, LoadShape, OpenAIClient,
                                          preconditions, run_load)
 from servingbench.measure.records import RequestRecord

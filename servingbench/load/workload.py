@@ -1,6 +1,6 @@
 """A workload: what requests to send and how, as the table's ``[workloads]`` entries declare it.
 
-The same entry means the same thing on any hardware; its requests come from ``load/datasets.py`` (synthetic
+The same entry means the same thing on any hardware; its requests come from ``load/synthetic.py`` (synthetic
 token ids), ``load/lengths.py`` (lengths drawn from a distribution) or ``load/dataset_files.py`` (JSONL files),
 with a seed the session derives, and its load shape goes to the generator. Kinds:
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from servingbench.errors import ConfigError
 from servingbench.load.conversation import Conversation
-from servingbench.load.datasets import (FIRST_ORDINARY_ID, Codec, RequestSpec, random_token_prompts,
+from servingbench.load.synthetic import (FIRST_ORDINARY_ID, Codec, RequestSpec, random_token_prompts,
                                         shared_prefix_prompts)
 from servingbench.load.generator import LoadShape
 from servingbench.load.trace import MOONCAKE_BLOCK_TOKENS, TraceReplay

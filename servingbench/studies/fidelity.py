@@ -319,7 +319,7 @@ def format_costs(costs: Sequence[ClientCost]) -> str:
 # Child process entry points: ``python -m servingbench.studies.fidelity {peer,ours,vllm} ...``
 
 def _ours_child(ns: argparse.Namespace) -> None:
-    from servingbench.load.datasets import random_token_prompts
+    from servingbench.load.synthetic import random_token_prompts
     from servingbench.load.generator import LoadShape, run_load
 
     specs = random_token_prompts(ns.num_prompts, ns.input_len, ns.output_len, ns.vocab_size, ns.seed)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from servingbench.measure.http import open_url
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 
 
 @dataclass(frozen=True)

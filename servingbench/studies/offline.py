@@ -168,7 +168,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 # ---- the subprocess side ----------------------------------------------------------------------------------------
 
 def _prompts(spec: OfflineSpec) -> list[list[int]]:
-    from servingbench.load.datasets import random_token_prompts
+    from servingbench.load.synthetic import random_token_prompts
 
     specs = random_token_prompts(spec.num_prompts, spec.input_len, spec.output_len, spec.vocab_size, spec.seed)
     return [list(s.prompt) for s in specs]  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadResult, LoadShape
 from servingbench.load.workers import (STREAMS_PER_WORKER, LocalProcessWorker, Worker, WorkersResult, available_cores,
                                        run_load_workers)

@@ -21,7 +21,7 @@ from servingbench.measure.http import open_url
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
 from servingbench.load.conversation import run_conversations
-from servingbench.load.datasets import Codec
+from servingbench.load.synthetic import Codec
 from servingbench.load.generator import LoadResult, run_load
 from servingbench.suite.selftest import SelfTest, client_error_note, self_test
 from servingbench.load.workers import run_load_workers

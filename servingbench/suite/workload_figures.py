@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from servingbench.load.conversation import expected_hit_range
-from servingbench.load.datasets import Codec
+from servingbench.load.synthetic import Codec
 from servingbench.load.trace import hit_figures
 from servingbench.measure.records import RequestRecord
 from servingbench.measure import telemetry

@@ -15,7 +15,7 @@ import pytest
 
 from servingbench.studies import fidelity as fd
 from servingbench.load import sse
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import CLIENT_BUSY_FRACTION, LOOP_LAG_WARN_MS, LoadShape, run_load
 from servingbench.servers.process import ServerProcess
 from servingbench.servers.sse_peer import PeerConfig, completion_chunk, usage_chunk

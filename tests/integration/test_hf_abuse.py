@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadShape, LoadResult, run_load
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerProcess

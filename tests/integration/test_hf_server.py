@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.servers.hf.engine import HFBaselineServer, SequenceRequest
 from servingbench.load.generator import LoadShape, run_load
 from servingbench.servers.hf.config import HFConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from servingbench.load.chat_client import chat_completion
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadShape, arrival_offsets, load_test, run_load
 from servingbench.measure.soundness import served_problems
 from servingbench.servers.process import ServerProcess, free_port

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadShape
 from servingbench.load.workers import LocalProcessWorker, run_load_workers
 from servingbench.servers.process import ServerProcess

@@ -25,7 +25,7 @@ import pytest
 from servingbench.servers import process as server_mod
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.measure.environment import detect
 from servingbench.load.generator import LoadShape, run_load
 from servingbench.suite.models import get_model

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from servingbench.cli import build_parser
-from servingbench.load.datasets import random_token_prompts
+from servingbench.load.synthetic import random_token_prompts
 from servingbench.load.generator import LoadShape, run_load
 from servingbench.servers.process import LOCALHOST, ServerProcess
 from servingbench.servers.hf.config import HFConfig

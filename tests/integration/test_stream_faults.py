@@ -24,7 +24,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from servingbench.load.datasets import RequestSpec
+from servingbench.load.synthetic import RequestSpec
 from servingbench.load.generator import LoadShape, OpenAIClient, run_load
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord

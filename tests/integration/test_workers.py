@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 
-from servingbench.load.datasets import RequestSpec, random_token_prompts
+from servingbench.load.synthetic import RequestSpec, random_token_prompts
 from servingbench.load.generator import LoadShape, arrival_offsets
 from servingbench.suite.selftest import client_error_note, default_peer_processes, self_test
 from servingbench.load.workers import (STREAMS_PER_WORKER, WorkerError, default_workers, plan_shares, run_load_workers,

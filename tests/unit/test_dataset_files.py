@@ -10,7 +10,7 @@ import pytest
 
 from servingbench.load.dataset_files import (DatasetError, estimate_tokens, read_conversations, read_dataset,
                                              write_jsonl)
-from servingbench.load.datasets import FIRST_ORDINARY_ID
+from servingbench.load.synthetic import FIRST_ORDINARY_ID
 from servingbench.load.lengths import LengthDist, synthetic_prompts
 from servingbench.load.workload import ConfigError
 

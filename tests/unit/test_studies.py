@@ -10,7 +10,7 @@ import pytest
 
 from servingbench.studies import tensor_parallel as tp
 from servingbench.suite.run_settings import RunSettings
-from servingbench.load.datasets import expected_prefix_hit_rate
+from servingbench.load.synthetic import expected_prefix_hit_rate
 from servingbench.measure.environment import Hardware
 from servingbench.studies.kv_accuracy import ScoredPrompt, compare, parse_choice
 from servingbench.studies.kv_cache import (BackendFacts, KVCapacity, KVConfigError, kv_capacity, kv_element_bytes, parse_kv_dtype_choices, resolve_kv_cache_dtype)

@@ -12,7 +12,7 @@ import pytest
 
 from servingbench.load.conversation import expected_hit_range
 from servingbench.load.generator import LoadResult, LoadShape, OpenAIClient, preconditions
-from servingbench.load.datasets import RequestSpec
+from servingbench.load.synthetic import RequestSpec
 from servingbench.load.sse import read_stream
 from servingbench.load.workload import ConfigError, Workload, workload_from
 from servingbench.measure.measurement import InvalidRun, Measurement, MissingFigure

@@ -1,4 +1,4 @@
-"""Workloads: the requests a load run sends.
+"""Synthetic prompts: random token ids of exact lengths, shared prefixes, and the text codec (files are dataset_files.py).
 
 Prompts are lists of token ids, so their length is exact whatever the tokenizer (vLLM and the HF baseline both
 take ids on ``/v1/completions``). Each run should draw a fresh ``seed``: replaying the same prompts against a
