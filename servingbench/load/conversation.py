@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from servingbench.load.synthetic import RequestSpec
-from servingbench.load.generator import LoadResult, LoadShape, OpenAIClient, drive
+from servingbench.load.generator import OPEN_LOOP_CONNECTIONS, LoadResult, LoadShape, OpenAIClient, drive
 from servingbench.measure.records import RequestRecord
 
 
@@ -70,6 +70,7 @@ async def run_conversations(base_url: str, model: str, conversations: Sequence[C
     shape = dataclasses.replace(shape, endpoint="chat")
     records: list[RequestRecord] = []
     async with OpenAIClient(base_url, model, shape, api_key) as client:
+        await client.open_connections(min(len(conversations), shape.concurrency or OPEN_LOOP_CONNECTIONS))
         if before_measured is not None:
             before_measured()
         slots = asyncio.Semaphore(shape.concurrency) if shape.concurrency else None

@@ -44,6 +44,13 @@ SCHEDULE_LAG_PERCENTILE = 90
 # own work (saturated clients measured 41-98%, lower on a crowded box), below it other processes or a
 # blocking call held the loop up (a loop blocked by a sleeping call measured a few percent).
 CLIENT_BUSY_FRACTION = 0.4
+# Connections opened before a run's measured part, so that no measured request pays a TCP connect inside its TTFT.
+# A closed loop opens one per slot; an open loop, with no cap to size them by, this many (what a lab-sized rate
+# keeps in flight; a request that finds none free opens its own, as before). Measured against the SSE peer on
+# cpu-2c-avx2 at c64 (scripts/client_bench.py): the first round's TTFT error p50 fell from 23-35 ms to 11-16 ms.
+OPEN_LOOP_CONNECTIONS = 64
+DRAIN_TIMEOUT_S = 1.0  # reading a finished stream to its end; only a server that keeps it open after [DONE] waits
+CONNECT_TIMEOUT_S = 10.0  # for opening them: a server that does not answer a GET in this time is not waited on
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,23 @@ class OpenAIClient:
             return "/v1/chat/completions", {**common, "messages": messages}
         return "/v1/completions", {**common, "prompt": spec.prompt}
 
+    async def open_connections(self, n: int) -> int:
+        """Open ``n`` keep-alive connections at once (a GET of /v1/models on each), for the run's requests to
+        reuse; returns how many answered 200. Best effort: a server that refuses the GET still had its connection
+        opened, and a request that finds none free opens its own."""
+        assert self._session is not None, "use OpenAIClient as an async context manager"
+
+        async def one() -> bool:
+            try:
+                async with self._session.get(self.base_url + "/v1/models", headers=self.headers,
+                                             timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)) as resp:
+                    await resp.read()
+                    return resp.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return False
+
+        return sum(await asyncio.gather(*(one() for _ in range(n))))
+
     async def send(self, spec: RequestSpec, record: RequestRecord) -> None:
         assert self._session is not None, "use OpenAIClient as an async context manager"
         path, body = self.payload(spec)
@@ -193,6 +217,7 @@ class OpenAIClient:
                     record.error = f"HTTP {resp.status}: {text}"
                     return
                 await sse.read_stream(resp.content, record, chat=path.endswith("chat/completions"))
+                await _drain(resp)
         except asyncio.TimeoutError:
             record.error = f"timeout: no complete response within {self.shape.timeout_s:g} s"
         except asyncio.CancelledError:
@@ -202,6 +227,18 @@ class OpenAIClient:
             record.error = f"connection: {type(e).__name__}: {e}"
         except Exception as e:  # a protocol surprise must become a counted failure, never a crash of the run
             record.error = f"client: {type(e).__name__}: {e}"
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read a stream past its [DONE] to the end of the body (the chunked encoding's last chunk follows at once), so
+    the connection goes back to the pool: one left unread is closed, and the next request pays a new connect
+    inside its TTFT. A server that holds the stream open after [DONE] is not waited on past DRAIN_TIMEOUT_S."""
+    if resp.content.at_eof():
+        return
+    try:
+        await asyncio.wait_for(resp.content.read(), DRAIN_TIMEOUT_S)
+    except (asyncio.TimeoutError, aiohttp.ClientError):
+        pass
 
 
 async def _watch_loop_lag(samples: list[float], stop: asyncio.Event) -> None:
@@ -289,12 +326,15 @@ def preconditions(result: LoadResult) -> list[str]:
 async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shape: LoadShape = LoadShape(),
                    api_key: str | None = None, progress: bool = False,
                    warmup_specs: Sequence[RequestSpec] = (), *, offsets: Sequence[float] | None = None,
-                   start_at: float | None = None, before_measured: Callable[[], None] | None = None,
+                   start_at: float | None = None, wait_start: Callable[[], float] | None = None,
+                   before_measured: Callable[[], None] | None = None,
                    on_done: Callable[[int, RequestRecord], None] | None = None) -> LoadResult:
     """Send ``specs`` with the given shape; failures are recorded in the records, never raised.
 
     ``offsets`` (seconds) replace the shape's own arrival schedule and ``start_at`` (a ``time.perf_counter``
-    instant, one clock for every process on the host) its start: how worker processes share one schedule.
+    instant, one clock for every process on the host) its start: how worker processes share one schedule. A
+    worker passes ``wait_start`` instead, a blocking call that returns the start once the coordinator names it:
+    it is called after the warm-up and the connections are open, on the session the run then uses.
     ``before_measured`` runs after the warm-up, right before the measured part (counter snapshots). ``on_done(i,
     record)`` runs as request i completes, on the loop: a remote worker hands finished records over during the
     run, so that a host lost mid-run loses only its requests in flight (load/ray_workers.py)."""
@@ -302,6 +342,9 @@ async def run_load(base_url: str, model: str, specs: Sequence[RequestSpec], shap
         if warmup_specs:
             await asyncio.gather(*(client.send(s, RequestRecord(f"warmup-{i}", s.prompt_len, s.max_tokens))
                                    for i, s in enumerate(warmup_specs)))
+        await client.open_connections(min(len(specs), shape.concurrency or OPEN_LOOP_CONNECTIONS))
+        if wait_start is not None:  # a worker: ready (warm, connections open), then the coordinator's start
+            start_at = await asyncio.get_running_loop().run_in_executor(None, wait_start)
         if before_measured is not None:
             before_measured()
         records = [RequestRecord(f"req-{i}", s.prompt_len, s.max_tokens, source=s.source) for i, s in enumerate(specs)]

@@ -109,27 +109,20 @@ class WorkerReport:
         return self.loop_lag_ms_p90 > LOOP_LAG_WARN_MS
 
 
-async def _warm_up(share: WorkerShare) -> None:
-    async with OpenAIClient(share.base_url, share.model, share.shape, share.api_key) as client:
-        await asyncio.gather(*(client.send(s, RequestRecord(f"warmup-{i}", s.prompt_len, s.max_tokens))
-                               for i, s in enumerate(share.warmup_specs)))
-
-
 def run_share(share: WorkerShare, wait_start: Callable[[], float],
               on_record: Callable[[int, RequestRecord], None] | None = None) -> WorkerReport:
-    """The worker itself, wherever it runs: warm up, block in ``wait_start`` until the coordinator names the
-    start instant (this host's perf_counter), then ``run_load`` on the share's schedule. ``on_record(global id,
-    record)`` sees each request as it completes (a remote worker streams them back)."""
-    if share.warmup_specs:
-        asyncio.run(_warm_up(share))
-    start_at = wait_start()
-    began: list[tuple[float, float]] = []
+    """The worker itself, wherever it runs: ``run_load`` on the share's schedule, which warms up, opens its
+    connections and then blocks in ``wait_start`` until the coordinator names the start instant (this host's
+    perf_counter). ``on_record(global id, record)`` sees each request as it completes (a remote worker streams
+    them back)."""
+    began: list[tuple[float, float, float]] = []
     done = None if on_record is None else (lambda i, r: on_record(share.ids[i], r))
-    cpu0 = time.process_time()
     result = asyncio.run(run_load(share.base_url, share.model, share.specs, share.shape, api_key=share.api_key,
-                                  offsets=share.offsets, start_at=start_at,
-                                  before_measured=lambda: began.append((time.perf_counter(), time.time())),
+                                  warmup_specs=share.warmup_specs, offsets=share.offsets, wait_start=wait_start,
+                                  before_measured=lambda: began.append(
+                                      (time.perf_counter(), time.time(), time.process_time())),
                                   on_done=done))
+    cpu0 = began[0][2]
     cpu = time.process_time() - cpu0
     for gid, r in zip(share.ids, result.records):
         r.request_id = f"req-{gid}"
