@@ -50,7 +50,13 @@ CLIENT_BUSY_FRACTION = 0.4
 # cpu-2c-avx2 at c64 (scripts/client_bench.py): the first round's TTFT error p50 fell from 23-35 ms to 11-16 ms.
 OPEN_LOOP_CONNECTIONS = 64
 DRAIN_TIMEOUT_S = 1.0  # reading a finished stream to its end; only a server that keeps it open after [DONE] waits
-CONNECT_TIMEOUT_S = 10.0  # for opening them: a server that does not answer a GET in this time is not waited on
+# For opening them: a server that does not answer a GET in this time is not waited on (its requests then open
+# their own connections), so a hung server costs the run at most this much more.
+CONNECT_TIMEOUT_S = 2.0
+# Idle connections are reused for this long at most: under the 5 s that uvicorn (vLLM's server) keeps one open, so a
+# request never goes out on a connection the server is closing (ServerDisconnectedError, seen in the vLLM soak test
+# once connections were reused).
+KEEPALIVE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,7 @@ class OpenAIClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "OpenAIClient":
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                               read_bufsize=1 << 16)
         return self
@@ -195,7 +201,8 @@ class OpenAIClient:
         async def one() -> bool:
             try:
                 async with self._session.get(self.base_url + "/v1/models", headers=self.headers,
-                                             timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)) as resp:
+                                             timeout=aiohttp.ClientTimeout(
+                                                 total=min(CONNECT_TIMEOUT_S, self.shape.timeout_s))) as resp:
                     await resp.read()
                     return resp.status == 200
             except (aiohttp.ClientError, asyncio.TimeoutError):

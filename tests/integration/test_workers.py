@@ -138,29 +138,27 @@ def test_a_worker_that_exits_is_named_with_its_exit_code(peer: ServerProcess) ->
 
 def test_a_worker_killed_during_the_run_fails_the_run_at_once(peer: ServerProcess) -> None:
     """Worker 1 is killed once its requests are under way (each lasts 50 + 199 x 20 ms): the parent says so and
-    ends worker 2, well before the run would have ended."""
+    ends worker 2, well before the run would have ended. "Under way" is after the coordinator's start: its
+    ``before_measured`` runs once every worker is warm with its connections open, right before the start is set
+    (a worker's open connections no longer tell: they are opened before the start)."""
     killed: list[int] = []
+    started = threading.Event()
 
     def kill_worker_1() -> None:
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not killed:
-            for p in multiprocessing.active_children():
-                if p.name == "servingbench worker 1 of 2" and p.pid:
-                    try:
-                        conns = psutil.Process(p.pid).net_connections(kind="tcp")
-                    except psutil.Error:
-                        conns = []
-                    if [c for c in conns if c.raddr and c.raddr.port == peer.port]:  # its run has begun
-                        os.kill(p.pid, 9)
-                        killed.append(p.pid)
-            time.sleep(0.05)
+        if not started.wait(60):
+            return
+        time.sleep(0.5)  # into the first round: each request lasts about 4 s
+        for p in multiprocessing.active_children():
+            if p.name == "servingbench worker 1 of 2" and p.pid:
+                os.kill(p.pid, 9)
+                killed.append(p.pid)
 
     killer = threading.Thread(target=kill_worker_1, daemon=True)
     killer.start()
     t0 = time.monotonic()
     with pytest.raises(WorkerError, match=r"worker 1 of 2 \(pid \d+\) exited with code -9 during the run"):
         run_load_workers(peer.url, "peer", random_token_prompts(8, 8, 200, 1000), LoadShape(concurrency=8),
-                         workers=2)
+                         workers=2, before_measured=started.set)
     killer.join(5)
     assert killed and time.monotonic() - t0 < 60  # a healthy run: 2 rounds of 4 s; the backstop: minutes
     assert _no_workers_left()
