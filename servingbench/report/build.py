@@ -270,10 +270,10 @@ def energy_table(doc: Doc, data: RunData) -> None:
         if t.energy_j is None:
             rows.append([m.key] + ["n/a"] * 4 + [t.energy_note or "not measured"])
             continue
-        figures_ = [m.value(n) if m.metrics.total_output_tokens else None
-                    for n in ("mean_power_w", "joules_per_output_token", "output_tokens_per_joule")]
-        rows.append([m.key, fmt(t.energy_j, "{:.0f}"), fmt(figures_[0], "{:.0f}"), fmt(figures_[1], "{:.3g}"),
-                     fmt(figures_[2], "{:.3g}"), f"{t.energy_source}; {t.energy_note}".rstrip("; ")])
+        rows.append([m.key, fmt(t.energy_j, "{:.0f}"), fmt(figure(m, "mean_power_w"), "{:.0f}"),
+                     fmt(figure(m, "joules_per_output_token"), "{:.3g}"),
+                     fmt(figure(m, "output_tokens_per_joule"), "{:.3g}"),
+                     f"{t.energy_source}; {t.energy_note}".rstrip("; ")])
     doc.p("Energy over each run's measured part: NVML's total-energy counter of the server's own GPUs (a "
           "difference over the run), or RAPL's CPU package counters where the machine exposes them.")
     doc.table(["measurement", "energy J", "mean W", "J per output token", "output tokens per J", "source / note"],

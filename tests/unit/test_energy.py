@@ -147,3 +147,20 @@ def test_a_bound_on_energy_per_token_passes_and_fails_on_the_measured_figure() -
     missing = check(_bound(None, 3.0), lambda c, w: _measurement(None, note="energy not measured: x"),
                     lambda c: None)
     assert missing is not None and "not measured" in missing
+
+
+def test_the_reports_energy_table_shows_a_counter_that_did_not_move_as_missing_not_a_crash() -> None:
+    from servingbench.report.build import energy_table
+    from servingbench.report.doc import Doc
+
+    class Data:
+        measurements = [_measurement(0.0, seconds=0.0), _measurement(50.0)]
+
+    doc = Doc()
+    energy_table(doc, Data())  # type: ignore[arg-type]
+    (_, (header, rows)), = [b for b in doc.blocks if b[0] == "table"]
+    moved_not = dict(zip(header, rows[0]))
+    assert moved_not["energy J"] == "0" and moved_not["mean W"] == "n/a"  # no window: no power, and no crash
+    assert moved_not["output tokens per J"] == "n/a"
+    measured = dict(zip(header, rows[1]))
+    assert measured["J per output token"] == "2.5" and measured["mean W"] == "5"
