@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from servingbench.suite.gate import (DEFAULT_LIFETIMES, DEFAULT_ROUNDS, GateReport, Measure, alpha_per_test, judge,
-                                     provenance_mismatches, refuse_mismatches, run_abba, run_interleaved,
+from servingbench.suite.gate import (ALPHA, DEFAULT_LIFETIMES, DEFAULT_ROUNDS, GateReport, Measure, alpha_per_test,
+                                     judge, provenance_mismatches, refuse_mismatches, run_abba, run_interleaved,
                                      run_lifetimes, stored_baseline, what_it_takes)
 from servingbench.suite.rounds import FILENAME, Round, RoundsFile
 
@@ -40,6 +40,7 @@ def test_no_regression(config_name: str, bench, expectations, measure_or_skip, p
         pytest.skip("the regression gate: run with --gate (make compare)")
     rounds = opt("--gate-rounds") or DEFAULT_ROUNDS
     lifetimes = opt("--gate-lifetimes") or DEFAULT_LIFETIMES
+    family_alpha = opt("--gate-alpha") or ALPHA
     configs = gated_configs(request.session)
     workload = bench.workload(expectations, "lab", config_name)
     folder = Path(opt("--baseline-dir") or pytestconfig.rootpath / "baselines") / bench.settings.hardware.key
@@ -93,10 +94,11 @@ def test_no_regression(config_name: str, bench, expectations, measure_or_skip, p
         current = run_lifetimes(side(config_name), restart, lifetimes, rounds)
         reference = baseline_rounds
         mode = f"stored baseline {folder / FILENAME}"
-    verdicts, noises = judge(reference, current, configs=configs, stored=stored, stored_source=stored_source)
+    verdicts, noises = judge(reference, current, configs=configs, stored=stored, stored_source=stored_source,
+                             alpha=family_alpha)
     notes += what_it_takes(verdicts, noises, device_class=bench.settings.hardware.device_class, ab=ab,
-                           current=current, baseline=baseline_rounds, alpha=alpha_per_test(configs))
-    report = GateReport(config_name, mode, rounds, verdicts, lifetimes=lifetimes, alpha=alpha_per_test(configs),
+                           current=current, baseline=baseline_rounds, alpha=alpha_per_test(configs, family_alpha))
+    report = GateReport(config_name, mode, rounds, verdicts, lifetimes=lifetimes, alpha=alpha_per_test(configs, family_alpha),
                         notes=notes)
     gate_reports.append(report)
     assert not report.regressed, "regressed:\n" + "\n".join(v.describe() for v in report.regressed) \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 
 import pytest
@@ -24,6 +26,20 @@ def _gate_rounds(text: str) -> int:
         return check_rounds(int(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _gate_alpha(text: str) -> float:
+    """--gate-alpha: the false alarms a run may raise, over all its metrics and configs (suite/gate.py ALPHA)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 0.2:
+        raise argparse.ArgumentTypeError(f"--gate-alpha must be a number in (0, 0.2], the share of untouched runs "
+                                         f"the gate may fail (default 0.05), got {text!r}")
+    return value
 
 
 def _gate_lifetimes(text: str) -> int:
@@ -81,6 +97,9 @@ def add_options(parser: pytest.Parser) -> None:
     b.addoption("--gate-lifetimes", type=_gate_lifetimes, default=None, metavar="N", help="server lifetimes a "
                 "side, a restart before each; an A/B runs them in ABBA order (default 2; servingbench/suite/gate.py "
                 "says why). Deployments at --server-url are not restarted: one lifetime")
+    b.addoption("--gate-alpha", type=_gate_alpha, default=None, metavar="A", help="false alarms per gate run, "
+                "over all its metrics and configs (default 0.05): each test is one-sided at A / tests. Lower it "
+                "where a failed untouched run costs more than a missed regression; the MDR printed grows with it")
     b.addoption("--gate-allow-mismatch", action="append", default=[], metavar="FIELD", help="compare with a stored "
                 "baseline recorded on another FIELD (model, workload.<key>, versions.vllm, ...; a prefix such as "
                 "versions, or all); repeatable. By default such a baseline is refused, naming the field")

@@ -57,7 +57,9 @@ def test_calibrate_then_gate_against_the_stored_rounds(project: Path) -> None:
     table = (project / "perf" / "expected_performance.toml").read_text()
     assert "# >>> servingbench calibrate: test-hw / cpu-llama-36m" in table and 'config = "hf"' in table
 
-    same = pytest_run(project)
+    # untouched code: at the default 5% a run, this test would fail one CI run in twenty by design (CI failed on
+    # p99 TPOT so, +7.7% at df 2); the rate itself is proved on simulated data (tests/unit/test_gate_power.py)
+    same = pytest_run(project, "--gate-alpha", "0.001")
     assert same.returncode == 0, same.stdout + same.stderr
     assert "servingbench regression gate" in same.stdout and "stored baseline" in same.stdout
     gate = json.loads((project / "results" / "gate.json").read_text())
@@ -67,7 +69,7 @@ def test_calibrate_then_gate_against_the_stored_rounds(project: Path) -> None:
 
 
 def test_ab_of_two_environments_is_interleaved_and_a_planted_slowdown_regresses(project: Path) -> None:
-    same = pytest_run(project, "--ab-python", sys.executable)
+    same = pytest_run(project, "--ab-python", sys.executable, "--gate-alpha", "0.001")
     assert same.returncode == 0, same.stdout + same.stderr
     assert f"A/B: this environment against {sys.executable}" in same.stdout
     runs = [json.loads(p.read_text()) for p in (project / "results" / "measurements").glob("*.json")]

@@ -61,9 +61,9 @@ def run_gate(tmp_path: Path, bench: Bench, options: dict[str, Any], slow: float 
         return measurement(name, f"{name}--r{round}", math.exp(rng.normal(0, 0.01)) * (slow if "@B" in name or
                                                                                           name == "hf-slow" else 1))
 
-    opts = {"--gate": True, "--gate-rounds": None, "--gate-lifetimes": None, "--baseline-dir": str(tmp_path),
-            "--gate-allow-mismatch": [], "--ab-config": None, "--ab-server-url": None, "--ab-python": None,
-            "--server-url": None, **options}
+    opts = {"--gate": True, "--gate-rounds": None, "--gate-lifetimes": None, "--gate-alpha": None,
+            "--baseline-dir": str(tmp_path), "--gate-allow-mismatch": [], "--ab-config": None,
+            "--ab-server-url": None, "--ab-python": None, "--server-url": None, **options}
     config = SimpleNamespace(getoption=opts.__getitem__, rootpath=tmp_path)
     items = [SimpleNamespace(originalname="test_no_regression")] * 2
     reports: list = []
@@ -110,6 +110,21 @@ def test_ab_of_configs_runs_abba_and_catches_a_slowdown(tmp_path: Path) -> None:
     assert starts == ["hf", "hf-slow", "hf-slow", "hf", "hf", "hf-slow", "hf-slow", "hf"]
 
 
+def test_gate_alpha_sets_the_level_of_every_test(tmp_path: Path) -> None:
+    """--gate-alpha A: each of a run's tests is one-sided at A / tests (2 configs here), in the report and the CI."""
+    from servingbench.suite.gate import alpha_per_test
+
+    store(tmp_path)
+    default, _ = run_gate(tmp_path, Bench(), {})
+    strict, _ = run_gate(tmp_path, Bench(), {"--gate-alpha": 0.001})
+    assert default.alpha == pytest.approx(alpha_per_test(2)) and strict.alpha == pytest.approx(alpha_per_test(2, 0.001))
+    assert strict.alpha == pytest.approx(default.alpha / 50)
+    # a stricter level widens the interval each verdict prints around the same change
+    wide = {v.metric: v.ci_high - v.ci_low for v in strict.verdicts if math.isfinite(v.ci_low)}
+    narrow = {v.metric: v.ci_high - v.ci_low for v in default.verdicts if math.isfinite(v.ci_low)}
+    assert wide and all(wide[m] > narrow[m] for m in wide)
+
+
 def test_ab_of_deployments_without_stored_spread_is_inconclusive_with_the_fix(tmp_path: Path) -> None:
     bench = Bench(remote=True)
     gate = gate_module()
@@ -119,9 +134,9 @@ def test_ab_of_deployments_without_stored_spread_is_inconclusive_with_the_fix(tm
         rng_log.append(name)
         return measurement(name, f"{name}--r{round}", 1.0 + 0.01 * len(rng_log) % 3)
 
-    opts = {"--gate": True, "--gate-rounds": None, "--gate-lifetimes": None, "--baseline-dir": str(tmp_path),
-            "--gate-allow-mismatch": [], "--ab-config": None, "--ab-server-url": "http://b", "--ab-python": None,
-            "--server-url": "http://a"}
+    opts = {"--gate": True, "--gate-rounds": None, "--gate-lifetimes": None, "--gate-alpha": None,
+            "--baseline-dir": str(tmp_path), "--gate-allow-mismatch": [], "--ab-config": None,
+            "--ab-server-url": "http://b", "--ab-python": None, "--server-url": "http://a"}
     reports: list = []
     gate.test_no_regression("vllm", bench, None, measure_or_skip, SimpleNamespace(getoption=opts.__getitem__,
                             rootpath=tmp_path), reports, SimpleNamespace(session=SimpleNamespace(items=[])))

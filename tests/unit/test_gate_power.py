@@ -73,3 +73,21 @@ def test_the_planned_mdr_is_what_the_rule_detects() -> None:
                                  with_mdr=False).status == "regressed" for x, y in zip(b, c))
     assert abs(hits / 600 - 0.8) <= allowance(0.8, 600)
     assert Noise.of(side(b[0])).dz == d.baseline - 1
+
+
+def test_aa_false_alarms_at_a_lower_gate_alpha() -> None:
+    """--gate-alpha 0.001 (what tests/integration/test_gate.py passes to its untouched runs): a calibration of 2
+    lifetimes x 2 rounds against 2 x 2, the CPU machine's spread; the run's false alarms stay within 0.001. Rates
+    this small are checked against the binomial's own 99% quantile (the normal allowance is wrong near 0)."""
+    from scipy import stats
+
+    from servingbench.suite.gate import alpha_per_test as per_test
+    from servingbench.suite.gate_sim import Design
+
+    sl, sr = CASES["cpu (0.029, 0.045)"]
+    runs, goal = 1500, 0.001
+    design = Design("the integration test's: 2 x 2 against 2 x 2", 2, 2, rounds=2)
+    rate, per = false_alarms(sl, sr, design, runs, 31, alpha=per_test(CONFIGS, goal))
+    assert rate * runs <= stats.binom.ppf(0.99, runs, goal), (rate, per)
+    tests = runs * CONFIGS
+    assert max(per.values()) * tests <= stats.binom.ppf(0.99, tests, per_test(CONFIGS, goal)), per

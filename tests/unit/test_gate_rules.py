@@ -168,3 +168,14 @@ def test_the_gate_reads_itl_as_the_report_does() -> None:
     report = m.value("median_itl_ms")
     assert Round.of(m, 0, 0).figures["median_itl_ms"] == report
     assert float(np.median(samples["itl"])) == pytest.approx(report, abs=1e-3)
+
+
+@pytest.mark.parametrize("text", ["0", "-0.1", "0.5", "nan", "five"])
+def test_gate_alpha_out_of_range_names_the_range(text: str) -> None:
+    import argparse
+
+    from servingbench.plugin.options import _gate_alpha
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"--gate-alpha must be a number in \(0, 0.2\]"):
+        _gate_alpha(text)
+    assert _gate_alpha("0.001") == 0.001
