@@ -32,7 +32,8 @@ from servingbench.measure.files import atomic_write_json
 from servingbench.servers.process import ServerProcess, ServerStartError
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.servers.sse_peer import PeerConfig
-from servingbench.servers.vllm import read_prefix_counters
+from servingbench.measure.telemetry import fetch_metrics
+from servingbench.servers.vllm import prefix_counters
 
 pytestmark = pytest.mark.study  # an experiment: runs with --studies (make studies), not in the default gate
 
@@ -94,7 +95,7 @@ def agreement(bench: Any, expectations: Any, report: dict[str, Any],
     t_start = time.monotonic()
     for i, who in enumerate(ORDER):
         seed = 1_000_000 + 7919 * i  # fresh prompts every run: prefix caching stays on and finds nothing to reuse
-        before = read_prefix_counters(url)
+        before = prefix_counters(fetch_metrics(url))
         t0 = time.monotonic()
         if who == "O":
             figures, result = _ours(url, model, workload, bench.settings.vocab_size, seed)
@@ -112,7 +113,7 @@ def agreement(bench: Any, expectations: Any, report: dict[str, Any],
             cost = fd.ClientCost.from_dict(result_json["cost"])
             run = {"client": "vllm-bench", **{k: v for k, v in result_json.items()
                                              if isinstance(v, (int, float, str)) or v is None}}
-        after = read_prefix_counters(url)
+        after = prefix_counters(fetch_metrics(url))
         run.update(seed=seed, run_s=time.monotonic() - t0, cost=cost.to_dict(),
                    prefix_cache={"hits": (after - before).hits, "queries": (after - before).queries})
         runs.append(run)
