@@ -1,4 +1,4 @@
-"""The regression gate: lifetimes of rounds of the lab load and a verdict per metric (servingbench/suite/gate.py).
+"""The regression gate: lifetimes of rounds of the lab load and a verdict per metric (servingbench/gate/judge.py).
 
     make compare                                   # = pytest perf/test_gate.py --gate: against baselines/<key>/rounds.json
     pytest perf/test_gate.py --gate --ab-config vllm-candidate          # A/B: vllm against another vllm config
@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from servingbench.suite.gate import (ALPHA, DEFAULT_LIFETIMES, DEFAULT_ROUNDS, GateReport, Measure, alpha_per_test,
+from servingbench.gate.judge import (ALPHA, DEFAULT_LIFETIMES, DEFAULT_ROUNDS, GateReport, Measure, alpha_per_test,
                                      judge, provenance_mismatches, refuse_mismatches, run_abba, run_interleaved,
                                      run_lifetimes, stored_baseline, what_it_takes)
-from servingbench.suite.rounds import FILENAME, Round, RoundsFile
+from servingbench.measure.rounds import FILENAME, Round, RoundsFile
 
 CONFIGS = ["vllm", "hf"]
 

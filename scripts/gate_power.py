@@ -1,6 +1,6 @@
 """The regression gate's false alarms and power: simulated (seconds), or measured on the CPU profile (an hour).
 
-Simulated (``--simulate``): hierarchical data of known noise (servingbench/suite/gate_sim.py), A/A runs of
+Simulated (``--simulate``): hierarchical data of known noise (servingbench/gate/simulate.py), A/A runs of
 ``make compare`` (2 configs x 8 metrics) and detection at the MDR the gate prints, per (sL, sr) case and design;
 ``--old-stats FILE`` judges the same A/A runs with an old stats.py's ``compare_rounds`` (Welch on rounds), e.g.
 
@@ -35,7 +35,7 @@ MODEL = "cpu-llama-36m"
 def simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from servingbench.suite.gate_sim import CASES, DESIGNS, detection_at_printed_mdr, false_alarms
+    from servingbench.gate.simulate import CASES, DESIGNS, detection_at_printed_mdr, false_alarms
 
     decide = None
     if args.old_stats:
@@ -72,9 +72,9 @@ def live(args: argparse.Namespace) -> int:
     from servingbench.measure.telemetry import TelemetrySummary
     from servingbench.servers.hf.config import HFConfig
     from servingbench.servers.process import ServerProcess
-    from servingbench.suite.gate import abba, verdicts
-    from servingbench.suite.models import get_model, materialize
-    from servingbench.suite.rounds import GATED, Round
+    from servingbench.gate.judge import abba, verdicts
+    from servingbench.servers.models import get_model, materialize
+    from servingbench.measure.rounds import GATED, Round
 
     spec = get_model(MODEL)
     path, vocab = materialize(spec), int(spec.config["vocab_size"])

@@ -7,7 +7,7 @@ set -uo pipefail
 out=${1:?usage: gpu_ab.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-model=$(python3 -c "from servingbench.suite.models import get_model, materialize; print(materialize(get_model('llama-2-7b')))")
+model=$(python3 -c "from servingbench.servers.models import get_model, materialize; print(materialize(get_model('llama-2-7b')))")
 serve() {  # port
   python3 -m vllm.entrypoints.openai.api_server --model "$model" --served-model-name llama-2-7b --load-format dummy \
     --dtype float16 --max-model-len 4096 --gpu-memory-utilization 0.42 --enforce-eager --host 127.0.0.1 \

@@ -8,7 +8,7 @@ set -uo pipefail
 out=${1:?usage: gpu_clients.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-model=$(python3 -c "from servingbench.suite.models import get_model, materialize; print(materialize(get_model('llama-2-7b')))")
+model=$(python3 -c "from servingbench.servers.models import get_model, materialize; print(materialize(get_model('llama-2-7b')))")
 python3 -m vllm.entrypoints.openai.api_server --model "$model" --served-model-name llama-2-7b --load-format dummy \
   --dtype float16 --max-model-len 4096 --gpu-memory-utilization 0.9 --max-num-seqs 1024 \
   --host 127.0.0.1 --port 8000 > "$out/vllm.log" 2>&1 &

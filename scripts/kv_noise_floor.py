@@ -18,10 +18,10 @@ from pathlib import Path
 from servingbench.suite.run_settings import RunSettings
 from servingbench.measure.environment import detect
 from servingbench.studies.kv_accuracy import compare, score_prompts, study_prompts
-from servingbench.suite.models import get_model, materialize
+from servingbench.servers.models import get_model, materialize
 from servingbench.servers.process import ServerProcess
 from servingbench.studies.common import load_study_params
-from servingbench.suite.defaults import default_studies_path
+from servingbench.expect.defaults import default_studies_path
 
 STUDIES = default_studies_path(Path(__file__).resolve().parents[1])
 

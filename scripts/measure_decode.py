@@ -14,7 +14,7 @@ import sys
 
 from servingbench.load.synthetic import random_token_prompts
 from servingbench.servers.hf.engine import HFBaselineServer
-from servingbench.suite.models import get_model, materialize
+from servingbench.servers.models import get_model, materialize
 
 TINY = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 4, "vocab_size": 512}

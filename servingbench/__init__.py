@@ -19,9 +19,9 @@ from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.servers.process import ServerProcess, ServerStartError
 from servingbench.servers.vllm import VLLMConfig
-from servingbench.suite.models import ModelSpec, get_model
+from servingbench.servers.models import ModelSpec, get_model
 from servingbench.suite.session import BenchSession
-from servingbench.suite.thresholds import Bound, ExpectationTable, check, load_table
+from servingbench.expect.bounds import Bound, ExpectationTable, check, load_table
 
 __all__ = [  # sorted, and exactly the names imported above (tests/unit/test_exported_members.py)
     "BenchmarkMetrics", "BenchSession", "Bound", "check", "compute_metrics", "ConfigError", "ExpectationTable",

@@ -104,7 +104,7 @@ def add_calibrate_parser(subparsers: "argparse._SubParsersAction[argparse.Argume
     p.add_argument("--configs", default="vllm,hf", help="comma-separated configs of the table (default: vllm,hf)")
     p.add_argument("--rounds", type=_at_least_two, default=3, help="rounds per server lifetime (default 3)")
     p.add_argument("--lifetimes", type=_at_least_two, default=6, help="server lifetimes (default 6: the gate's "
-                   "degrees of freedom come from lifetimes; servingbench/suite/calibrate.py says why 6)")
+                   "degrees of freedom come from lifetimes; servingbench/gate/calibrate.py says why 6)")
     p.add_argument("--expectations", default=None, help="the table (default: perf/expected_performance.toml)")
     p.add_argument("--baseline-dir", default="baselines", help="where <key>/rounds.json goes (default: baselines)")
     p.add_argument("--results-dir", default=None, help="measurements and logs (default: results/calibrate-<time>)")
@@ -118,9 +118,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from servingbench.errors import ConfigError
     from servingbench.servers.pool import ServerUnavailable
     from servingbench.servers.process import ServerStartError
-    from servingbench.suite.calibrate import CalibrationOptions, run
-    from servingbench.suite.defaults import default_table_path
-    from servingbench.suite.models import ModelError
+    from servingbench.gate.calibrate import CalibrationOptions, run
+    from servingbench.expect.defaults import default_table_path
+    from servingbench.servers.models import ModelError
 
     opts = CalibrationOptions(gpu=args.gpu, model=args.model, hardware_key=args.hardware_key,
                               tensor_parallel_size=args.tensor_parallel_size,
@@ -160,7 +160,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from servingbench.suite.saved_runs import SavedRunError, gate_saved
+    from servingbench.gate.saved_runs import SavedRunError, gate_saved
 
     runs = list(args.runs)
     if runs.count("--") != 1 or runs.index("--") in (0, len(runs) - 1):

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from servingbench.suite.models import get_model, materialize
+from servingbench.servers.models import get_model, materialize
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerProcess
 

@@ -31,7 +31,7 @@ BASE="$REPO/baselines"
 PLUGIN=(-p servingbench.plugin)
 $PY -c "import importlib.metadata as m, sys; sys.exit(0 if any(e.value.startswith('servingbench') for e in m.entry_points(group='pytest11')) else 1)" && PLUGIN=()
 echo "plugin args: ${PLUGIN[*]:-entry point}"
-MODEL=$($PY -c "from servingbench.suite.models import get_model, materialize; print(materialize(get_model('llama-2-7b')))") \
+MODEL=$($PY -c "from servingbench.servers.models import get_model, materialize; print(materialize(get_model('llama-2-7b')))") \
   || { say "model dir failed"; touch "$G/done"; exit 1; }
 say "model dir $MODEL; gate rounds $ROUNDS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$G/gpu.txt" 2>&1

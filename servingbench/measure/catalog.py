@@ -1,11 +1,11 @@
 """The metric catalog: one entry per named metric, the single place its unit, direction and uses are declared.
 
-The lists that must agree read from here: the gate's metrics and minimum effects (``suite/rounds.GATED``,
-``suite/gate.MIN_EFFECT``), the samples stored as pytest-benchmark stats (``plugin/samples.METRICS``), the
+The lists that must agree read from here: the gate's metrics and minimum effects (``measure/rounds.GATED``,
+``gate/judge.MIN_EFFECT``), the samples stored as pytest-benchmark stats (``plugin/samples.METRICS``), the
 report's comparison rows (``report/build.COMPARE``), the figures a bound derives beyond one run
-(``suite/thresholds.DERIVED``), the figures kept when no request succeeded (``measure/measurement``) and every
+(``expect/bounds.DERIVED``), the figures kept when no request succeeded (``measure/measurement``) and every
 study row's serving fields (``studies/common.SERVING_FIELDS``). Adding a metric is one entry here plus its
-computation (``Measurement.value`` for a one-run figure, ``suite/thresholds.bound_value`` for a derived one).
+computation (``Measurement.value`` for a one-run figure, ``expect/bounds.bound_value`` for a derived one).
 
 This module imports nothing of the suite: ``measure/measurement.py`` reads it, so the sample getters take the
 measurement by duck type.

@@ -41,7 +41,7 @@ TELEMETRY_FIGURES = ("memory_utilization", "gpu_memory_used_gib", "memory_gib", 
 # Energy over the measured part (measure/energy.py): missing, with the meter's reason, where it was not measured
 ENERGY_FIGURES = ("energy_j", "mean_power_w", "joules_per_output_token", "output_tokens_per_joule")
 
-# Figures a workload kind adds (suite/workload_figures.py): a run without them has them missing, not unknown
+# Figures a workload kind adds (figures/workload.py): a run without them has them missing, not unknown
 _TURN_FIGURE = re.compile(r"(median|p99)_ttft_ms_turn(\d+)")
 _SPEC_FIGURES = {"spec_acceptance_rate", "spec_mean_accepted_length", "spec_drafts", "spec_draft_tokens",
                  "spec_accepted_tokens"}

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 from servingbench.measure.measurement import Measurement
 from servingbench.measure.stats import Verdict, verdict_rows
 from servingbench.report.summary import markdown_table
-from servingbench.suite.gate import GateReport
+from servingbench.gate.judge import GateReport
 
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 

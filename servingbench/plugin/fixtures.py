@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 import pytest
 
-from servingbench.suite.efficiency import DevicePeaks, gpus_used
-from servingbench.suite.gate import GateReport
-from servingbench.suite.models import local_model_path, materialize
+from servingbench.figures.efficiency import DevicePeaks, gpus_used
+from servingbench.gate.judge import GateReport
+from servingbench.servers.models import local_model_path, materialize
 from servingbench.measure.measurement import Measurement
 from servingbench.plugin.state import state_of
 from servingbench.errors import ConfigError
@@ -18,7 +18,7 @@ from servingbench.extras import MissingExtra
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
-from servingbench.suite.thresholds import ExpectationTable
+from servingbench.expect.bounds import ExpectationTable
 
 
 def session_of(config: pytest.Config) -> BenchSession:

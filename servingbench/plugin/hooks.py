@@ -20,8 +20,8 @@ from servingbench.plugin.state import STATE, resolve, state_of
 from servingbench.plugin.table import BoundItem, asserted_bounds, summary_text
 from servingbench.report.summary import baseline_lines, text_table, write_summary
 from servingbench.servers.process import LEAKED, ServerProcess
-from servingbench.suite.gate import save_reports
-from servingbench.suite.thresholds import Bound
+from servingbench.gate.judge import save_reports
+from servingbench.expect.bounds import Bound
 
 NEEDS = pytest.StashKey[tuple[str, ...]]()
 

@@ -16,11 +16,11 @@ DEFAULT_TOLERANCE = "median:20%"
 
 
 def _gate_rounds(text: str) -> int:
-    """--gate-rounds: at least 2 (servingbench/suite/gate.py MIN_ROUNDS says why); argparse turns the error into
+    """--gate-rounds: at least 2 (servingbench/gate/judge.py MIN_ROUNDS says why); argparse turns the error into
     a usage error that names the fix."""
     import argparse
 
-    from servingbench.suite.gate import check_rounds
+    from servingbench.gate.judge import check_rounds
 
     try:
         return check_rounds(int(text))
@@ -29,7 +29,7 @@ def _gate_rounds(text: str) -> int:
 
 
 def _gate_alpha(text: str) -> float:
-    """--gate-alpha: the false alarms a run may raise, over all its metrics and configs (suite/gate.py ALPHA)."""
+    """--gate-alpha: the false alarms a run may raise, over all its metrics and configs (gate/judge.py ALPHA)."""
     import argparse
 
     try:
@@ -95,7 +95,7 @@ def add_options(parser: pytest.Parser) -> None:
     b.addoption("--gate-rounds", type=_gate_rounds, default=None, metavar="R", help="rounds per server lifetime, "
                 ">= 2 (default 3)")
     b.addoption("--gate-lifetimes", type=_gate_lifetimes, default=None, metavar="N", help="server lifetimes a "
-                "side, a restart before each; an A/B runs them in ABBA order (default 2; servingbench/suite/gate.py "
+                "side, a restart before each; an A/B runs them in ABBA order (default 2; servingbench/gate/judge.py "
                 "says why). Deployments at --server-url are not restarted: one lifetime")
     b.addoption("--gate-alpha", type=_gate_alpha, default=None, metavar="A", help="false alarms per gate run, "
                 "over all its metrics and configs (default 0.05): each test is one-sided at A / tests. Lower it "

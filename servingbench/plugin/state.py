@@ -20,12 +20,12 @@ from servingbench.load.workload import ConfigError
 from servingbench.measure import environment as hw
 from servingbench.measure.http import open_url
 from servingbench.measure.measurement import replay_environment
-from servingbench.suite.defaults import default_table_path
-from servingbench.suite.efficiency import DevicePeaks, find_peaks_for_sku, load_peak_table, probed_peaks
-from servingbench.suite.gate import GateReport
-from servingbench.suite.models import ModelError, ModelSpec, get_model
+from servingbench.expect.defaults import default_table_path
+from servingbench.figures.efficiency import DevicePeaks, find_peaks_for_sku, load_peak_table, probed_peaks
+from servingbench.gate.judge import GateReport
+from servingbench.servers.models import ModelError, ModelSpec, get_model
 from servingbench.suite.session import BenchSession
-from servingbench.suite.thresholds import Bound, ExpectationTable, load_table
+from servingbench.expect.bounds import Bound, ExpectationTable, load_table
 
 
 @dataclass

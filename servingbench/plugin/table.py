@@ -19,7 +19,7 @@ import pytest
 
 from servingbench.measure.measurement import MissingFigure
 from servingbench.plugin.state import STATE, PluginState, state_of
-from servingbench.suite.thresholds import Bound, bound_value
+from servingbench.expect.bounds import Bound, bound_value
 
 TEST_NAME = "test_expectation"
 

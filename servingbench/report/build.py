@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from servingbench.measure import catalog
 from servingbench.measure.measurement import Measurement
-from servingbench.suite import efficiency as eff
+from servingbench.figures import efficiency as eff
 from servingbench.report import figures
 from servingbench.report.goodput import figure, goodput
 from servingbench.report.recommend import (Recommendation, block_size_advice, kv_demand_tokens, kv_quant_advice,
@@ -359,11 +359,11 @@ def run_hardware(data: RunData) -> "Hardware":
 def expectation_rows(table_path: Path | None, data: RunData,
                      devices: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[list[str]], str]:
     """(rows, note): each bound of this hardware+model with the measured value and pass/fail, computed as the
-    perf session checks it (``thresholds.bound_value``); ``devices``: the peak table MBU bounds divide by."""
+    perf session checks it (``expect/bounds.bound_value``); ``devices``: the peak table MBU bounds divide by."""
     if table_path is None or not Path(table_path).is_file():
         return [], "no expected-performance table found (pass --expectations PATH)"
     from servingbench.measure.measurement import MissingFigure
-    from servingbench.suite.thresholds import bound_value, load_table
+    from servingbench.expect.bounds import bound_value, load_table
 
     table = load_table(table_path)
     bounds = table.for_run(run_hardware(data), data.model)

@@ -17,8 +17,8 @@ from servingbench.measure.measurement import Measurement, load_measurement, meas
 from servingbench.measure.metrics import batch_efficiency as batching
 from servingbench.report.goodput import SLOLimits
 from servingbench.report.recommend import sweep_levels
-from servingbench.suite.capacity import BOUNDED_BY, CAPACITY_SCHEMA
-from servingbench.suite.defaults import default_studies_path
+from servingbench.figures.capacity import BOUNDED_BY, CAPACITY_SCHEMA
+from servingbench.expect.defaults import default_studies_path
 
 Row = dict[str, Any]  # a study file, or one of its rows (JSON by design)
 

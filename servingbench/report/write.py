@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from servingbench.report.data import ReportOptions, load_run
-from servingbench.suite.defaults import default_table_path
+from servingbench.expect.defaults import default_table_path
 from servingbench.report.goodput import SLOLimits
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping
 
-from servingbench.suite.models import ModelError, dtype_bytes
+from servingbench.servers.models import ModelError, dtype_bytes
 
 GIB = 1024**3
 # The lab's names for KV dtypes -> the names vLLM releases have used for them, in order of preference.

@@ -8,7 +8,7 @@ Two rules, so that no figure is read beyond what its sample supports:
   at the highest percentile of ``LADDER`` its sample supports (``supported_percentile``), and its row says so.
 - Noise. Two settings' throughputs differ by noise alone as much as two runs of one setting do. The machine's
   run-to-run spread per metric is ``baselines/<hardware key>/rounds.json`` (``servingbench calibrate``: sample std
-  of log(round figure), restarts included; ``suite/rounds.py``, ``measure/stats.log_spread``). The ratio of two
+  of log(round figure), restarts included; ``measure/rounds.py``, ``measure/stats.log_spread``). The ratio of two
   single runs then has a log-std of sqrt(2) x spread, and a difference within ``NOISE_Z`` of those is not told
   apart from noise (``machine_noise``). Without a rounds file for the hardware the stated default applies, and the
   note says so.
@@ -122,7 +122,7 @@ def machine_noise(hardware_keys: Iterable[str | None], config: str | None, metri
     """The noise threshold for ``metric`` of ``config`` from ``<baselines>/<key>/rounds.json``:
     expm1(NOISE_Z x sqrt(2) x spread). Falls back to ``default`` (saying why) where the measurements' hardware
     is unknown or mixed, or the file, the config or two rounds of it are missing."""
-    from servingbench.suite.rounds import RoundsFile
+    from servingbench.measure.rounds import RoundsFile
 
     keys = sorted({k for k in hardware_keys if k})
     if len(keys) != 1:

@@ -1,7 +1,7 @@
 """Speculative decoding against the plain config: what the drafts bought on one load (issue #26 item 3).
 
 Both configs serve the same workload; the speculative one's acceptance comes from the server's /metrics deltas
-over the measured part (``spec_acceptance_rate``, ``spec_mean_accepted_length``, suite/workload_figures.py). The
+over the measured part (``spec_acceptance_rate``, ``spec_mean_accepted_length``, figures/workload.py). The
 client sees the same thing from its side: a speculative stream's chunk carries every token one engine step
 accepted, so output tokens per chunk rise towards the server's mean accepted length, while a plain stream's chunks
 carry one token each. The two views are independent (one counts SSE chunks and ``usage``, the other reads engine

@@ -17,13 +17,11 @@ from typing import Any, Mapping
 
 from servingbench.errors import ConfigError
 from servingbench.measure.environment import Hardware
-from servingbench.suite.models import ModelSpec, platform_dtypes, serving_dtype
-from servingbench.servers.hf.config import HFConfig
+from servingbench.servers.models import ModelSpec, platform_dtypes, serving_dtype
+from servingbench.servers.engines import ENGINES
 from servingbench.servers.process import ServerConfig
-from servingbench.servers.vllm import VLLMConfig
-from servingbench.servers.vllm import NO_MULTICAST_ENV
+from servingbench.servers.vllm import NO_MULTICAST_ENV, VLLMConfig
 
-ENGINES: dict[str, type[ServerConfig]] = {"vllm": VLLMConfig, "hf": HFConfig}
 CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE: 65,536 tokens of the CPU profile's model, 64 full-length sequences
 GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default, stated so that it is recorded with every result
 

@@ -27,8 +27,8 @@ from servingbench.suite.selftest import SelfTest, client_error_note, self_test
 from servingbench.load.workers import run_load_workers
 from servingbench.errors import ConfigError
 from servingbench.measure.files import atomic_write_json
-from servingbench.suite.capacity import CAPACITY_SCHEMA, Capacity
-from servingbench.suite.workload_figures import (PrefixWatch, load_codec, reasoning_figures, token_count_notes,
+from servingbench.figures.capacity import CAPACITY_SCHEMA, Capacity
+from servingbench.figures.workload import (PrefixWatch, load_codec, reasoning_figures, token_count_notes,
                                                 turn_figures)
 from servingbench.measure.measurement import Measurement, find_measurement_files, load_measurement, measurement_from_dict
 from servingbench.servers.pool import ServerPool, ServerUnavailable
@@ -40,7 +40,7 @@ from servingbench.servers.vllm import kv_cache_info
 SELF_TEST_CONCURRENCY = 256
 
 if TYPE_CHECKING:
-    from servingbench.suite.thresholds import ExpectationTable
+    from servingbench.expect.bounds import ExpectationTable
 
 
 def server_gpus(server: ServerProcess | None) -> tuple[list[int], list[str]]:

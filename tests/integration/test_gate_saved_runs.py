@@ -19,7 +19,7 @@ import pytest
 
 from servingbench.servers.process import ServerProcess
 from servingbench.servers.vllm import VLLMConfig
-from servingbench.suite.saved_runs import read_side
+from servingbench.gate.saved_runs import read_side
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -149,7 +149,7 @@ def test_bad_table_and_bad_model_are_usage_errors(pytester: pytest.Pytester) -> 
 
 
 def test_bound_violation_messages() -> None:
-    from servingbench.suite.thresholds import Bound
+    from servingbench.expect.bounds import Bound
 
     b = Bound("H100-80GB", "llama-2-7b", "vllm", "median_ttft_ms", None, 200.0, "lab", "lab", "perf/x.toml:12")
     assert b.violation(150.0) is None

@@ -28,7 +28,7 @@ from servingbench.load.workload import Workload
 from servingbench.load.synthetic import random_token_prompts
 from servingbench.measure.environment import detect
 from servingbench.load.generator import LoadShape, run_load
-from servingbench.suite.models import get_model
+from servingbench.servers.models import get_model
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
 from servingbench.servers.vllm import VLLMConfig

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from servingbench.servers.process import ServerProcess
-from servingbench.suite.models import cache_root
+from servingbench.servers.models import cache_root
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors", "vllm")

@@ -49,7 +49,7 @@ from servingbench.load.workload import Workload
 from servingbench.load.synthetic import random_token_prompts
 from servingbench.measure.environment import detect
 from servingbench.load.generator import LoadShape, run_load
-from servingbench.suite.models import get_model
+from servingbench.servers.models import get_model
 from servingbench.measure.records import RequestRecord
 from servingbench.servers.process import LOCALHOST, ServerProcess
 from servingbench.suite.session import BenchSession

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from servingbench.load.dataset_files import write_jsonl
-from servingbench.suite.models import synthetic_words
+from servingbench.servers.models import synthetic_words
 
 HEAD = """
 [workloads.prompts]

@@ -163,7 +163,7 @@ def test_recorded_baseline_holds_the_samples_and_the_environment(project: Projec
     assert sorted(benches) == sorted(ALL_IDS)
     ns: dict[str, Any] = {}
     exec(BUILDER, ns)
-    from servingbench.suite.thresholds import load_table
+    from servingbench.expect.bounds import load_table
 
     table = load_table(REPO / "perf" / "expected_performance.toml")
     for config in ("vllm", "hf"):

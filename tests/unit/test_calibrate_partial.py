@@ -15,9 +15,9 @@ from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.servers.pool import ServerUnavailable
-from servingbench.suite import calibrate
-from servingbench.suite.rounds import RoundsFile
-from servingbench.suite.thresholds import load_table
+from servingbench.gate import calibrate
+from servingbench.measure.rounds import RoundsFile
+from servingbench.expect.bounds import load_table
 
 TABLE = """
 [workloads.lab]

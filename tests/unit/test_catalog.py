@@ -20,10 +20,10 @@ from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.plugin.samples import METRICS
 from servingbench.report.build import COMPARE
 from servingbench.studies.common import SERVING_FIELDS
-from servingbench.suite.calibrate import ROW_METRICS
-from servingbench.suite.gate import MIN_EFFECT
-from servingbench.suite.rounds import GATED, request_samples
-from servingbench.suite.thresholds import DERIVED
+from servingbench.gate.calibrate import ROW_METRICS
+from servingbench.gate.judge import MIN_EFFECT
+from servingbench.measure.rounds import GATED, request_samples
+from servingbench.expect.bounds import DERIVED
 
 PINNED_GATED = [("output_throughput", True, None, None), ("median_ttft_ms", False, "ttft", 0.5),
                 ("p99_ttft_ms", False, "ttft", 0.99), ("median_tpot_ms", False, "tpot", 0.5),

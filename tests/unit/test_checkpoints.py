@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from servingbench.measure.environment import Hardware
-from servingbench.suite.models import ModelError, get_model, materialize, platform_dtypes, serving_dtype
+from servingbench.servers.models import ModelError, get_model, materialize, platform_dtypes, serving_dtype
 from servingbench.suite.run_settings import RunSettings
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "intermediate_size": 688,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from servingbench.measure.stats import Verdict
 from servingbench.plugin import ci
-from servingbench.suite.gate import GateReport
+from servingbench.gate.judge import GateReport
 
 
 def verdict(metric: str, status: str, change: float, note: str = "") -> Verdict:

@@ -22,7 +22,7 @@ from servingbench.load.workload import Workload
 from servingbench.measure.environment import Hardware
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.suite import session as session_mod
-from servingbench.suite.models import get_model
+from servingbench.servers.models import get_model
 from servingbench.suite.run_settings import RunSettings
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens

@@ -12,8 +12,8 @@ import pytest
 
 from servingbench.measure import probes
 from servingbench.measure.environment import Hardware
-from servingbench.suite import efficiency as eff
-from servingbench.suite.models import get_model
+from servingbench.figures import efficiency as eff
+from servingbench.servers.models import get_model
 
 CPU_MODEL = eff.ModelShape.from_config(get_model("cpu-llama-36m").config)
 

@@ -14,7 +14,7 @@ from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.report.summary import text_table
 from servingbench.suite.session import server_energy_meter
-from servingbench.suite.thresholds import Bound, check
+from servingbench.expect.bounds import Bound, check
 
 
 class FakeNvml:

@@ -17,8 +17,8 @@ from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.thresholds import Bound, check
-from servingbench.suite.workload_figures import token_count_notes
+from servingbench.expect.bounds import Bound, check
+from servingbench.figures.workload import token_count_notes
 
 GAP_S = 0.03
 

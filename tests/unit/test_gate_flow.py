@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from servingbench.suite.gate import DEFAULT_LIFETIMES, DEFAULT_ROUNDS, alpha_per_test
-from servingbench.suite.rounds import GATED, Round, RoundsFile
+from servingbench.gate.judge import DEFAULT_LIFETIMES, DEFAULT_ROUNDS, alpha_per_test
+from servingbench.measure.rounds import GATED, Round, RoundsFile
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-hw"
@@ -112,7 +112,7 @@ def test_ab_of_configs_runs_abba_and_catches_a_slowdown(tmp_path: Path) -> None:
 
 def test_gate_alpha_sets_the_level_of_every_test(tmp_path: Path) -> None:
     """--gate-alpha A: each of a run's tests is one-sided at A / tests (2 configs here), in the report and the CI."""
-    from servingbench.suite.gate import alpha_per_test
+    from servingbench.gate.judge import alpha_per_test
 
     store(tmp_path)
     default, _ = run_gate(tmp_path, Bench(), {})

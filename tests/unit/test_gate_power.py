@@ -1,4 +1,4 @@
-"""The gate's promise, proved on simulated data of known noise (servingbench/suite/gate_sim.py): at most 5% false
+"""The gate's promise, proved on simulated data of known noise (servingbench/gate/simulate.py): at most 5% false
 alarms per run, and at least 80% detection at the MDR the gate prints. Seeded, so deterministic; not timed.
 
 Each A/A run is ``make compare``'s: 2 configs x 8 metrics, every metric tested at 0.05 / 18, on hierarchical data
@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from servingbench.measure.noise import design_mdr
-from servingbench.suite.gate import alpha_per_test
-from servingbench.suite.gate_sim import CASES, CONFIGS, DESIGNS, allowance, detection_at_printed_mdr, false_alarms
+from servingbench.gate.judge import alpha_per_test
+from servingbench.gate.simulate import CASES, CONFIGS, DESIGNS, allowance, detection_at_printed_mdr, false_alarms
 
 GOAL = 0.05
 HARD = ["(0.14, 0.03)", "cpu (0.029, 0.045)"]  # lifetime-dominated, and the measured CPU machine
@@ -59,7 +59,7 @@ def test_the_planned_mdr_is_what_the_rule_detects() -> None:
 
     from servingbench.measure.noise import Noise, side
     from servingbench.measure.stats import compare_lifetimes
-    from servingbench.suite.gate_sim import draw
+    from servingbench.gate.simulate import draw
 
     sl, sr = CASES["cpu (0.029, 0.045)"]
     d = DESIGNS["stored"]
@@ -81,8 +81,8 @@ def test_aa_false_alarms_at_a_lower_gate_alpha() -> None:
     this small are checked against the binomial's own 99% quantile (the normal allowance is wrong near 0)."""
     from scipy import stats
 
-    from servingbench.suite.gate import alpha_per_test as per_test
-    from servingbench.suite.gate_sim import Design
+    from servingbench.gate.judge import alpha_per_test as per_test
+    from servingbench.gate.simulate import Design
 
     sl, sr = CASES["cpu (0.029, 0.045)"]
     runs, goal = 1500, 0.001

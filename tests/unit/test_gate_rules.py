@@ -1,4 +1,4 @@
-"""The gate's rules around the statistics (servingbench/suite/gate.py, rounds.py): the false-alarm split, the round
+"""The gate's rules around the statistics (servingbench/gate/judge.py, rounds.py): the false-alarm split, the round
 and lifetime orders, the provenance check, failure_rate, invalid rounds and the rounds file's schemas."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from servingbench.plugin.options import _gate_rounds
-from servingbench.suite.gate import (GateReport, abba, alpha_per_test, check_rounds, judge, provenance_mismatches,
+from servingbench.gate.judge import (GateReport, abba, alpha_per_test, check_rounds, judge, provenance_mismatches,
                                      refuse_mismatches, run_abba, run_interleaved, run_lifetimes, n_tests_per_config,
                                      verdicts, what_it_takes)
-from servingbench.suite.rounds import GATED, SCHEMA, Round, RoundsFile
+from servingbench.measure.rounds import GATED, SCHEMA, Round, RoundsFile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,7 +157,7 @@ def test_the_gate_reads_itl_as_the_report_does() -> None:
     from servingbench.measure.metrics import compute_metrics
     from servingbench.measure.records import RequestRecord
     from servingbench.measure.telemetry import TelemetrySummary
-    from servingbench.suite.rounds import Round, request_samples
+    from servingbench.measure.rounds import Round, request_samples
 
     # each request's chunks: two land together (gap 0), then 10 ms apart
     recs = [RequestRecord(f"r{i}", 4, 5, start=i, chunk_times=[i + 0.1, i + 0.1, i + 0.1, i + 0.11, i + 0.12],

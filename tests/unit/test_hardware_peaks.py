@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from servingbench.measure.environment import gpu_sku
-from servingbench.suite import efficiency as eff
+from servingbench.figures import efficiency as eff
 
 # (NVML name, memory NVML reports in GiB, the key gpu_sku must give, the datasheet's bandwidth in GB/s and dense
 # BF16 TFLOP/s: MBU's peak and MFU's)

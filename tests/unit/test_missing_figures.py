@@ -13,7 +13,7 @@ from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.report.summary import text_table
 from servingbench.studies.common import serving_row
-from servingbench.suite.thresholds import Bound, check
+from servingbench.expect.bounds import Bound, check
 
 MEMORY_FIGURES = ["memory_utilization", "memory_gib", "gpu_memory_used_gib", "gpu_utilization", "rss_peak_gib"]
 

@@ -16,9 +16,9 @@ from servingbench.measure.measurement import Measurement
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite import efficiency as eff
-from servingbench.suite.models import get_model
-from servingbench.suite.thresholds import Bound, check
+from servingbench.figures import efficiency as eff
+from servingbench.servers.models import get_model
+from servingbench.expect.bounds import Bound, check
 
 CONFIG = get_model("cpu-llama-36m").config
 PEAKS = eff.DevicePeaks("test", 25.0, {"float32": 0.083}, "test")

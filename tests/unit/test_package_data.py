@@ -1,5 +1,5 @@
 """One source per table: ``perf/*.toml`` (what a checkout runs, what ``servingbench calibrate`` writes). The package
-data an installed suite falls back to (``suite/defaults.py``) are symlinks to them, so they cannot drift; a copy
+data an installed suite falls back to (``expect/defaults.py``) are symlinks to them, so they cannot drift; a copy
 put in their place would stop following calibration, so it fails here, naming the fix.
 """
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from servingbench.suite import models as profiles
-from servingbench.suite.models import ModelSpec, ModelError, builtin_models, materialize
+from servingbench.servers import models as profiles
+from servingbench.servers.models import ModelSpec, ModelError, builtin_models, materialize
 
 TINY = ModelSpec(name="tiny", kind="generated", dtype="float32", max_model_len=64, seed=7, config={
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128, "hidden_size": 32,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from servingbench.suite.thresholds import load_table
+from servingbench.expect.bounds import load_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -17,7 +17,7 @@ from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.workload_figures import reasoning_figures
+from servingbench.figures.workload import reasoning_figures
 
 GAP_S = 0.03  # between blocks: larger than any scheduling jitter of a test process, so the order is unambiguous
 

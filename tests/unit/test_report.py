@@ -26,8 +26,8 @@ from servingbench.measure.measurement import Measurement, measurement_from_dict
 from servingbench.measure.metrics import PERCENTILES, BenchmarkMetrics, Distribution
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite import efficiency as eff
-from servingbench.suite.models import get_model
+from servingbench.figures import efficiency as eff
+from servingbench.servers.models import get_model
 from servingbench.report.goodput import SLOLimits
 from servingbench.report.recommend import block_size_advice, kv_quant_advice, recommend_concurrency
 from servingbench.report.write import write_report

@@ -15,7 +15,7 @@ from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.report.data import load_run, read_capacity
 from servingbench.report.workloads import capacity_sentence
 from servingbench.report.write import write_report
-from servingbench.suite.capacity import CAPACITY_SCHEMA
+from servingbench.figures.capacity import CAPACITY_SCHEMA
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ENV = {"hardware": "H100-80GB", "model": "llama-2-7b"}

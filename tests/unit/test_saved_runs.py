@@ -13,7 +13,7 @@ from servingbench.measure.measurement import Measurement
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.saved_runs import SavedRunError, gate_saved, read_side, split_spec
+from servingbench.gate.saved_runs import SavedRunError, gate_saved, read_side, split_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from servingbench.measure.environment import Hardware
 from servingbench.measure.records import RequestRecord
 from servingbench.servers.process import ServerStartError
 from servingbench.suite import session as session_mod
-from servingbench.suite.models import get_model
+from servingbench.servers.models import get_model
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.selftest import ErrorPercentiles, SelfTest
 

@@ -92,8 +92,8 @@ def test_the_blocker_blocks(slim_env: dict[str, str]) -> None:
 
 
 def test_the_package_plugin_cli_gate_and_report_import_without_the_extras(slim_env: dict[str, str]) -> None:
-    modules = ["servingbench", "servingbench.plugin", "servingbench.cli", "servingbench.suite.gate",
-               "servingbench.suite.calibrate", "servingbench.report.build", "servingbench.report.write",
+    modules = ["servingbench", "servingbench.plugin", "servingbench.cli", "servingbench.gate.judge",
+               "servingbench.gate.calibrate", "servingbench.report.build", "servingbench.report.write",
                "servingbench.studies.offline", "servingbench.load.chat_client"]
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {BLOCKED!r}))")

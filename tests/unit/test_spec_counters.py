@@ -49,7 +49,7 @@ def test_one_metrics_fetch_at_the_end_serves_both_the_prefix_and_the_spec_figure
     """Two reads at the end would straddle different instants (a server still finishing a step moves counters
     between them); one read gives both deltas over the same interval."""
     from servingbench.measure import telemetry
-    from servingbench.suite.workload_figures import PrefixWatch
+    from servingbench.figures.workload import PrefixWatch
 
     end = SERVED.replace("drafts_total{engine=\"0\",model_name=\"m\"} 9.0",
                          "drafts_total{engine=\"0\",model_name=\"m\"} 19.0") \

@@ -16,7 +16,7 @@ from servingbench.studies.kv_accuracy import ScoredPrompt, compare, parse_choice
 from servingbench.studies.kv_cache import (BackendFacts, KVCapacity, KVConfigError, kv_capacity, kv_element_bytes, parse_kv_dtype_choices, resolve_kv_cache_dtype)
 from servingbench.servers.logs import engine_refusal, start_failure_log
 from servingbench.studies.offline import OfflineResult, OfflineSpec, offline_env
-from servingbench.suite.models import get_model
+from servingbench.servers.models import get_model
 from servingbench.studies.common import (SCHEMA, StudyConfigError, SweepPoint, find_knee, kv_saving, load_study_params, prefix_findings, record_rows, sweep_findings)
 from servingbench.servers.vllm import NO_MULTICAST_ENV, PrefixCounters, prefix_counters
 from servingbench.servers.logs import start_refusal

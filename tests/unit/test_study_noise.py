@@ -20,7 +20,7 @@ from servingbench.report.goodput import SLOLimits
 from servingbench.report.recommend import block_size_advice, recommend_concurrency
 from servingbench.studies import sampling
 from servingbench.studies.common import load_study_params
-from servingbench.suite.rounds import Round, RoundsFile
+from servingbench.measure.rounds import Round, RoundsFile
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES_TOML = ROOT / "perf" / "studies.toml"

@@ -16,8 +16,8 @@ import pytest
 from servingbench.errors import ConfigError
 from servingbench.load.workload import Workload, workload_from
 from servingbench.load.workload_schema import WorkloadEntry
-from servingbench.suite.table_schema import TableLines
-from servingbench.suite.thresholds import load_table
+from servingbench.errors import TableLines
+from servingbench.expect.bounds import load_table
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = '''[workloads.lab]
@@ -152,7 +152,7 @@ def test_table_lines_find_keys_headers_and_rows() -> None:
 
 
 def test_a_bad_peaks_table_lists_every_problem_at_its_line(tmp_path: Path) -> None:
-    from servingbench.suite.efficiency import EfficiencyError, load_peak_table
+    from servingbench.figures.efficiency import EfficiencyError, load_peak_table
 
     path = tmp_path / "peaks.toml"
     path.write_text('''[[device]]

@@ -18,9 +18,9 @@ from servingbench.measure.measurement import Measurement, MissingFigure
 from servingbench.measure.metrics import Distribution, compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.calibrate import CalibrationOptions, prediction_spread, propose_rows, write_rows
-from servingbench.suite.rounds import Round, RoundsFile
-from servingbench.suite.thresholds import Bound, check, load_table
+from servingbench.gate.calibrate import CalibrationOptions, prediction_spread, propose_rows, write_rows
+from servingbench.measure.rounds import Round, RoundsFile
+from servingbench.expect.bounds import Bound, check, load_table
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE = REPO / "perf" / "expected_performance.toml"

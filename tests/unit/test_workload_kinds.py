@@ -19,9 +19,9 @@ from servingbench.measure.measurement import InvalidRun, Measurement, MissingFig
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.capacity import Capacity, find_capacity
-from servingbench.suite.thresholds import Bound, check
-from servingbench.suite.workload_figures import token_count_notes
+from servingbench.figures.capacity import Capacity, find_capacity
+from servingbench.expect.bounds import Bound, check
+from servingbench.figures.workload import token_count_notes
 
 
 def _read(chat: bool, *events: str) -> RequestRecord:
@@ -155,7 +155,7 @@ def test_an_invalid_run_fails_every_figure_with_the_reason() -> None:
     assert m.value("output_throughput") > 0  # still shown (the summary marks it) ...
     with pytest.raises(InvalidRun, match="output_throughput: the run is invalid: behind schedule"):
         m.require_valid("output_throughput")  # ... but nothing asserts on it
-    from servingbench.suite.thresholds import Bound, check
+    from servingbench.expect.bounds import Bound, check
 
     bound = Bound("any-cpu", "*", "vllm", "output_throughput", 1.0, None, "lab", "test", "t.toml:1")
     problem = check(bound, lambda c, w: m, lambda c: Workload("lab", 1, 1))

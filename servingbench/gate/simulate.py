@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from servingbench.measure.stats import compare_lifetimes
-from servingbench.suite.gate import DEFAULT_LIFETIMES, DEFAULT_ROUNDS, MIN_EFFECT, alpha_per_test
-from servingbench.suite.rounds import GATED
+from servingbench.gate.judge import DEFAULT_LIFETIMES, DEFAULT_ROUNDS, MIN_EFFECT, alpha_per_test
+from servingbench.measure.rounds import GATED
 
 # (sL, sr) of log figures. The first four are issue #29's A/A cases; "cpu" is the 2-core machine's measured
 # throughput spread (sr 0.045 within a lifetime, sL 0.029 between lifetimes).

@@ -25,13 +25,14 @@ from servingbench.load.workload import Workload, single_stream, workload_from
 from servingbench.measure import catalog
 from servingbench.measure.metrics import batch_efficiency
 from servingbench.measure.measurement import MissingFigure, _one_run_figures, known_figure
-from servingbench.suite.table_schema import ENTRY_KEYS, TableLines, config_problems, row_problems
+from servingbench.errors import TableLines
+from servingbench.expect.schema import ENTRY_KEYS, config_problems, row_problems
 
 if TYPE_CHECKING:
     from servingbench.measure.environment import Hardware
     from servingbench.measure.measurement import Measurement
-    from servingbench.suite.capacity import Capacity
-    from servingbench.suite.efficiency import DevicePeaks
+    from servingbench.figures.capacity import Capacity
+    from servingbench.figures.efficiency import DevicePeaks
 
 PORTABLE = {"any": ("cpu", "gpu"), "any-cpu": ("cpu",), "any-gpu": ("gpu",)}
 ANY_MODEL = "*"
@@ -126,7 +127,7 @@ def load_table(path: Path | str) -> ExpectationTable:
 
     Each part is typed (``table_schema``: rows, bounds and configs; ``load/workload_schema``: workloads), so a
     misspelt config field, ``concurrency = 0`` or ``top_p = 7`` fails here, not when a test runs."""
-    from servingbench.suite.run_settings import ENGINES  # the engines a config may name
+    from servingbench.servers.engines import ENGINES  # the engines a config may name
 
     path = Path(path)
     try:
@@ -211,7 +212,7 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
     request, no peak bandwidth known)."""
 
     def mbu(m: "Measurement") -> float:
-        from servingbench.suite.efficiency import EfficiencyError, measurement_efficiency
+        from servingbench.figures.efficiency import EfficiencyError, measurement_efficiency
 
         try:
             e = measurement_efficiency(m, peaks(m) if peaks else None)
@@ -235,7 +236,7 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
                 raise MissingFigure("batch_efficiency: undefined for a workload at concurrency 1")
             return eff
         if metric == "capacity_rps":
-            from servingbench.suite.capacity import find_capacity
+            from servingbench.figures.capacity import find_capacity
 
             cap = find_capacity(workload, lambda w: measure(config, w))
             if on_capacity is not None:  # saved first: an invalid run's curve is kept, then the figure is missing

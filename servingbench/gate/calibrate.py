@@ -30,17 +30,17 @@ from servingbench.load.workload import single_stream
 from servingbench.measure.environment import Hardware, detect
 from servingbench.measure import catalog
 from servingbench.measure.metrics import batch_efficiency
-from servingbench.suite.models import get_model, materialize
+from servingbench.servers.models import get_model, materialize
 from scipy import stats
 
 from servingbench.measure.noise import Noise, design_mdr, side
 from servingbench.measure.stats import log_spread
-from servingbench.suite.gate import DEFAULT_LIFETIMES as GATE_LIFETIMES, MIN_EFFECT, POWER, alpha_per_test
+from servingbench.gate.judge import DEFAULT_LIFETIMES as GATE_LIFETIMES, MIN_EFFECT, POWER, alpha_per_test
 from servingbench.measure.files import atomic_write_text
-from servingbench.suite.rounds import FILENAME, GATED, Round, RoundsFile, by_lifetime
+from servingbench.measure.rounds import FILENAME, GATED, Round, RoundsFile, by_lifetime
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.session import BenchSession
-from servingbench.suite.thresholds import load_table
+from servingbench.expect.bounds import load_table
 
 K_SPREAD = 4.0
 # Lifetimes a calibration records. The gate's t on lifetime means has (L - 1) + (N - 1) degrees of freedom against

@@ -30,7 +30,7 @@ from servingbench.measure import catalog
 from servingbench.measure.files import atomic_write_json
 from servingbench.measure.noise import Noise, plan, side
 from servingbench.measure.stats import Verdict, compare_failures, compare_lifetimes, verdict_table
-from servingbench.suite.rounds import GATED, Round, RoundsFile, by_lifetime
+from servingbench.measure.rounds import GATED, Round, RoundsFile, by_lifetime
 
 ALPHA = 0.05  # false alarms per run, over all tests of all configs
 # The smallest change worth failing a run for, per metric (a fraction): the catalog's, where the measurements that

@@ -2,7 +2,7 @@
 
 ``[[expect]]`` rows and their bounds are pydantic models with ``extra="forbid"``; ``[configs]`` entries are
 checked against their engine's ``ServerConfig`` fields, so a misspelt field fails at load rather than when a test
-starts its server; workloads are checked by ``load/workload_schema.py``. ``suite/thresholds.load_table`` gathers
+starts its server; workloads are checked by ``load/workload_schema.py``. ``expect/bounds.load_table`` gathers
 every problem and raises them in one ``ConfigError``.
 """
 
@@ -15,60 +15,10 @@ from typing import Annotated, Any, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from servingbench.errors import TableLines
 from servingbench.load.workload_schema import describe
 
 ENTRY_KEYS = {"hardware", "model", "config", "workload", "source", "note"}
-
-
-# ---- where a key is -------------------------------------------------------------------------------------------
-
-_HEADER = re.compile(r"^\[\[?\s*([^\]]+?)\s*\]\]?")
-_KEY = re.compile(r'^("(?:[^"\\]|\\.)*"|[A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*=')
-
-
-def _dotted(key: str) -> tuple[str, ...]:
-    if key.startswith('"'):
-        return (key[1:-1],)
-    return tuple(part.strip() for part in key.split("."))
-
-
-class TableLines:
-    """The line of each table header and key of a TOML file, so a message can say ``file:line``.
-
-    ``at("workloads", "lab", "cpu")`` is the line of the longest prefix of that path the file spells out (the key's
-    own line, else its table's header); the i-th table of an array such as ``[[device]]`` is ``("device", "i")``,
-    and ``expect[i]`` the header line of the i-th ``[[expect]]`` row."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.lines: dict[tuple[str, ...], int] = {}
-        self.expect: list[int] = []
-        arrays: dict[tuple[str, ...], int] = {}
-        table: tuple[str, ...] = ()
-        for number, line in enumerate(text.splitlines(), start=1):
-            stripped = line.strip()
-            header = _HEADER.match(stripped)
-            if header:
-                table = _dotted(header.group(1))
-                if stripped.startswith("[["):
-                    index = arrays[table] = arrays.get(table, -1) + 1
-                    if table == ("expect",):
-                        self.expect.append(number)
-                    table = table + (str(index),)
-                self.lines.setdefault(table, number)
-                continue
-            key = _KEY.match(stripped)
-            if key:
-                self.lines.setdefault(table + _dotted(key.group(1)), number)
-
-    def at(self, *path: str) -> str:
-        key = tuple(path)
-        while key and key not in self.lines:
-            key = key[:-1]
-        return f"{self.path}:{self.lines[key] if key else '?'}"
-
-    def row(self, i: int) -> str:
-        return f"{self.path}:{self.expect[i] if i < len(self.expect) else '?'}"
 
 
 # ---- [[expect]] rows ------------------------------------------------------------------------------------------
@@ -141,38 +91,6 @@ def _row_problem(err: Any) -> str:
     if key == "hardware":
         return f"hardware must be a key, a list of keys, or a portable class (any-cpu, any-gpu, any); got {value!r}"
     return f"{key} must be a string, got {value!r}"
-
-
-# ---- [[device]] entries of the hardware peaks ----------------------------------------------------------------
-
-Positive = Annotated[float, Field(gt=0)]
-
-
-class DeviceEntry(BaseModel):
-    """One ``[[device]]`` of ``hardware_peaks.toml``: the keys it is for and its vendor (or measured) peaks. A CPU
-    entry's core counts are checked across fields by ``efficiency.check_cpu_cores``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str
-    profiles: Annotated[list[str], Field(min_length=1)]
-    gpu_name_contains: Optional[list[str]] = None
-    memory_bandwidth_gb_s: Positive
-    peak_tflops: dict[str, Positive]
-    source: str
-    cores_counted: Optional[int] = None
-    bandwidth_threads: Optional[int] = None
-    clock_ghz: Optional[Positive] = None
-    flop_per_cycle: Optional[dict[str, Positive]] = None
-
-
-def device_problems(raw: Any) -> list[str]:
-    """Every problem of one ``[[device]]``'s own keys."""
-    try:
-        DeviceEntry.model_validate(raw)
-    except ValidationError as e:
-        return [describe(err) for err in e.errors()]
-    return []
 
 
 # ---- [configs] entries ----------------------------------------------------------------------------------------

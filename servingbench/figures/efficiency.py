@@ -43,8 +43,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from servingbench.measure.environment import Hardware
 from servingbench.measure.measurement import Measurement
 from servingbench.measure.records import RequestRecord
-from servingbench.suite.models import dtype_bytes
-from servingbench.suite.table_schema import TableLines, device_problems
+from servingbench.errors import TableLines
+from servingbench.figures.peaks_schema import device_problems
+from servingbench.servers.models import dtype_bytes
 
 class EfficiencyError(ValueError):
     """A figure that cannot be computed from what was measured; the message says what is missing."""
@@ -80,7 +81,7 @@ def default_peaks_path() -> Path:
 
 
 def load_peak_table(path: Path | str | None = None) -> list[dict[str, Any]]:
-    """The ``[[device]]`` entries, each typed (``table_schema.DeviceEntry``) and a CPU entry's core counts checked;
+    """The ``[[device]]`` entries, each typed (``peaks_schema.DeviceEntry``) and a CPU entry's core counts checked;
     one EfficiencyError with every problem, each at its file:line."""
     path = Path(path) if path else default_peaks_path()
     try:
@@ -173,7 +174,7 @@ def probed_peaks(hardware: Hardware, gpus: int = 1, cache_only: bool = False) ->
     import json
 
     from servingbench.measure.probes import measured_bandwidth
-    from servingbench.suite.models import cache_root
+    from servingbench.servers.models import cache_root
 
     ident = hashlib.sha256(json.dumps(hardware.identity(), sort_keys=True).encode()).hexdigest()[:10]
     bw = measured_bandwidth(f"{hardware.key}-{ident}", gpu=hardware.gpu, threads=hardware.engine_threads,
@@ -215,7 +216,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelShape":
         """From an HF ``config.json``-style dict (Llama/Mistral field names)."""
-        from servingbench.suite.models import ModelSpec
+        from servingbench.servers.models import ModelSpec
 
         try:
             h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
@@ -338,7 +339,7 @@ def model_config_for(m: Measurement) -> dict[str, Any] | None:
     """The architecture of a measurement's model: a built-in model by name, else the served config.json."""
     import json
 
-    from servingbench.suite.models import ModelError, get_model
+    from servingbench.servers.models import ModelError, get_model
 
     name = m.environment.get("model") or m.config.get("served_model_name")
     if name:

@@ -24,9 +24,9 @@ from servingbench.measure.measurement import Measurement, find_measurement_files
 from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
-from servingbench.suite.gate import MIN_ROUNDS, GateReport, alpha_per_test, judge
-from servingbench.suite.rounds import SCHEMAS as ROUNDS_SCHEMAS
-from servingbench.suite.rounds import Round, RoundsFile
+from servingbench.gate.judge import MIN_ROUNDS, GateReport, alpha_per_test, judge
+from servingbench.measure.rounds import SCHEMAS as ROUNDS_SCHEMAS
+from servingbench.measure.rounds import Round, RoundsFile
 
 # What a vllm bench serve result needs for per-request figures: only --save-detailed writes the lists
 VLLM_BENCH_FIELDS = ("duration", "ttfts", "itls", "output_lens", "errors")
