@@ -1,4 +1,4 @@
-"""Offline throughput, the lab's Parts 1 and 3: vLLM's LLM.generate against the HF baseline's static batches.
+"""Offline throughput, the lab's Parts 1 and 3: vLLM's LLM.generate against the HF engine's static batches.
 
 Same prompts (random token ids), same lengths, EOS ignored, greedy: like ``vllm bench throughput`` with
 ``--backend vllm`` and ``--backend hf``. Each engine runs in its own subprocess (servingbench/studies/offline.py); the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with everything the suite needs (vLLM's CPU build, the HF baseline, the test tools) and
+# Creates .venv with everything the suite needs (vLLM's CPU build, the HF engine, the test tools) and
 # installs servingbench into it, editable, with its extras: [cpu] or [gpu] (each includes [hf]) and [dev]. A user's
 # `pip install servingbench` alone is the slim base (README "Installing servingbench"). Idempotent: it does nothing when pyproject.toml has not changed.
 #   SERVINGBENCH_EXTRA=cpu (default) | gpu | none   which vLLM build to install
@@ -18,7 +18,7 @@ echo "servingbench: setting up $venv (extra: $extra); first time takes about 3 m
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip >/dev/null 2>&1 || true
 
-extras="hf,dev,ray"  # ray: the Ray worker tests. none: no vLLM, but the HF baseline and the generated models ([cpu] and [gpu] include [hf])
+extras="hf,dev,ray"  # ray: the Ray worker tests. none: no vLLM, but the HF engine and the generated models ([cpu] and [gpu] include [hf])
 index_args=()
 if [ "$extra" = cpu ]; then
   extras="cpu,dev,ray"

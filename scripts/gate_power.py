@@ -8,7 +8,7 @@ Simulated (``--simulate``): hierarchical data of known noise (servingbench/gate/
     git show 2043a6b:servingbench/measure/stats.py > /tmp/old_stats.py
     .venv/bin/python scripts/gate_power.py --simulate --runs 400 --old-stats /tmp/old_stats.py
 
-Measured (``--live``): two HF baseline servers of the CPU profile's model, A as it is, B with every decode step
+Measured (``--live``): two HF servers of the CPU profile's model, A as it is, B with every decode step
 made slower by a set delay (``--step-delay-ms``: real server behaviour, not a figure edited afterwards); each pair
 is N lifetimes a side in ABBA order (a fresh server each) of R rounds, judged by the gate's own ``verdicts``. A/A
 pairs run A on both sides.

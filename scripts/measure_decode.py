@@ -1,6 +1,6 @@
 """Per-token decode time at batch 1 and 32 for candidate CPU-profile model sizes (README: "Why this model size").
 
-Runs the HF baseline's static-batch decode on one thread (as both engines compute on this 2-core machine).
+Runs the HF engine's static-batch decode on one thread (as both engines compute on this 2-core machine).
 If a model is overhead-bound, a step costs about the same at batch 32 as at batch 1; a model for which batching
 matters the way it does on a GPU reads its weights once per step, so batch 32 costs far less per token.
     .venv/bin/python scripts/measure_decode.py

@@ -1,4 +1,4 @@
-"""servingbench: a pytest + pytest-benchmark performance suite for LLM serving (vLLM against a HF baseline).
+"""servingbench: a pytest + pytest-benchmark performance suite for LLM serving (vLLM against the HF engine).
 
 The pytest plugin loads from its entry point; this package's face is what a user's own perf test needs: a session
 that starts servers and measures workloads, the records and metrics it produces, and the table's bounds.

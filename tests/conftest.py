@@ -1,4 +1,4 @@
-"""Shared fixtures: the generated CPU model, one HF baseline server on it for the whole session, and a user's
+"""Shared fixtures: the generated CPU model, one HF server on it for the whole session, and a user's
 project on disk for tests that run pytest the way a user does (in a subprocess, with the plugin registered)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def hf_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One HF baseline server (one request at a time), served as ``cpu-llama-36m``, shared by the session."""
+    """One HF server (one request at a time), served as ``cpu-llama-36m``, shared by the session."""
     config = HFConfig(model=model_dir, served_model_name="cpu-llama-36m", dtype="float32", max_model_len=1024)
     server = ServerProcess(config, log_dir=tmp_path_factory.mktemp("logs"), startup_timeout=180).start()
     try:

@@ -4,7 +4,7 @@ Every chunk with choices counts as tokens arriving, as ``vllm bench serve`` time
 empty (a token that decodes to "", a finish-only chunk): TTFT is the first, ITL the gaps. Two chunks do not count:
 the trailing usage chunk (``choices: []``), which only gives the token counts, and a chat stream's role-only
 opening chunk, which a server may send before any token exists (vLLM sends it with the first token, so excluding it
-changes nothing there; the HF baseline sends it at once).
+changes nothing there; the HF engine sends it at once).
 A stream that ends without ``[DONE]`` or carries a line that is not JSON is a failure with a reason.
 
 Reasoning models stream their reasoning before the answer, in ``delta.reasoning`` (vLLM now) or

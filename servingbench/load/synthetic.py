@@ -1,6 +1,6 @@
 """Synthetic prompts: random token ids of exact lengths, shared prefixes, and the text codec (files are dataset_files.py).
 
-Prompts are lists of token ids, so their length is exact whatever the tokenizer (vLLM and the HF baseline both
+Prompts are lists of token ids, so their length is exact whatever the tokenizer (vLLM and the HF engine both
 take ids on ``/v1/completions``). Each run should draw a fresh ``seed``: replaying the same prompts against a
 server with prefix caching on measures the cache, not the engine.
 """

@@ -251,7 +251,7 @@ class Workload:
 
     def derived_deadline(self, timeout_s: float) -> float:
         """One request timeout, plus every request served one after another at a slow 50 ms per output token and
-        1 ms per prompt token: far past any healthy run (the sequential HF baseline included), far short of the
+        1 ms per prompt token: far past any healthy run (the sequential HF engine included), far short of the
         ceil(N / C) x timeout a wedged server would otherwise cost."""
         requests = self.num_requests * (self.turns if self.kind == "conversation" else 1)
         per_request = 0.05 * self.output_len + 0.001 * self.prompt_len * self.turns + self.think_time_s

@@ -43,7 +43,7 @@ class Hardware:
 
     @property
     def engine_threads(self) -> int:
-        """CPU threads an engine computes on: vLLM's CPU build reserves one core for itself, and the HF baseline
+        """CPU threads an engine computes on: vLLM's CPU build reserves one core for itself, and the HF engine
         is given the same number so that the comparison is fair."""
         return max(1, self.cores - 1) if self.cores else 1
 

@@ -74,7 +74,7 @@ def visible_nvml_indices(value: str | None, gpus: Sequence[Mapping[str, Any]]) -
 def server_gpu_indices(env: Mapping[str, str], count: int,
                        gpus: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
     """NVML indices of the ``count`` GPUs a server started with ``env`` computes on: the first ``count`` it sees
-    (vLLM's tensor-parallel ranks 0..count-1, the HF baseline's cuda:0). [] on a host without GPUs."""
+    (vLLM's tensor-parallel ranks 0..count-1, the HF engine's cuda:0). [] on a host without GPUs."""
     gpus = host_gpus() if gpus is None else gpus
     if not gpus:
         return []

@@ -18,7 +18,7 @@ from servingbench.plugin import baselines, ci
 from servingbench.plugin.options import add_options
 from servingbench.plugin.state import STATE, resolve, state_of
 from servingbench.plugin.table import BoundItem, asserted_bounds, summary_text
-from servingbench.report.summary import baseline_lines, text_table, write_summary
+from servingbench.report.summary import hf_lines, text_table, write_summary
 from servingbench.servers.process import LEAKED, ServerProcess
 from servingbench.gate.judge import save_reports
 from servingbench.expect.bounds import Bound
@@ -226,7 +226,7 @@ def _session_summary(tr: Any, config: pytest.Config) -> str:
     measured = list(session.measurements.values())
     if measured:
         tr.write_line(text_table(measured))
-    ratios = baseline_lines(measured)  # vLLM over hf and, where measured, over hf-batch8
+    ratios = hf_lines(measured)  # vLLM over hf and, where measured, over hf-batch8
     for line in ratios:
         tr.write_line(line)
     notes = [w for m in measured for w in m.warnings]

@@ -22,7 +22,7 @@ from servingbench.report.recommend import (Recommendation, block_size_advice, kv
                                            tput)
 from servingbench.report.doc import Doc, fmt
 from servingbench.report.data import (ReportOptions, RunData, batch_efficiency, conc, headlines, kv_limits, requests,
-                                      static_baselines, sweep_groups, workload_name)
+                                      static_hf_configs, sweep_groups, workload_name)
 from servingbench.report.studies import study_sections
 from servingbench.report.workloads import workload_sections
 
@@ -43,10 +43,10 @@ def label(m: Measurement) -> str:
            f"{w.get('prompt_len')}/{w.get('output_len')}"
 
 
-def baseline_of(heads: dict[str, Measurement], wanted: str | None) -> str | None:
+def reference_of(heads: dict[str, Measurement], wanted: str | None) -> str | None:
     if wanted:
         if wanted not in heads:
-            raise ValueError(f"baseline config {wanted!r} has no measurement (configs: {', '.join(heads) or 'none'})")
+            raise ValueError(f"reference config {wanted!r} has no measurement (configs: {', '.join(heads) or 'none'})")
         return wanted
     if "hf" in heads:
         return "hf"
@@ -80,10 +80,10 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
         except eff.EfficiencyError as e:
             effs[m.key] = str(e)
     heads = headlines(ms, opts.workload)
-    base = baseline_of(heads, opts.baseline)
-    statics = static_baselines(heads, base)
+    base = reference_of(heads, opts.reference)
+    statics = static_hf_configs(heads, base)
     vals = {c: headline_values(m, ms, effs[m.key], opts.slo) for c, m in heads.items()}
-    # ratio columns: every config over the baseline, and each vLLM config over each static-batch HF baseline
+    # ratio columns: every config over the reference, and each vLLM config over each static-batch HF engine
     pairs = [(c, base) for c in heads if base and c != base] + [
         (c, s) for s in statics for c in heads if heads[c].engine == "vllm"]
     groups = sweep_groups(ms, list(heads))
@@ -114,9 +114,9 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
               "throughput (n/a without a concurrency-1 run of the same lengths). Goodput counts requests per second "
               "whose own TTFT and TPOT met the SLO, recomputed from the request records.")
         if statics:
-            doc.p(f"{', '.join(statics)}: the HF baseline with static batches. vLLM's factor over {base} (one request "
-                  "at a time, in arrival order) includes what any batching gains; its factor over a static-batch "
-                  "baseline is what continuous batching, the paged KV cache and vLLM's kernels add beyond that.")
+            doc.p(f"{', '.join(statics)}: the HF engine with static batches. vLLM's factor over {base} (one request "
+                  "at a time, in arrival order) includes what any batching gains; its factor over a static-batch HF "
+                  "config is what continuous batching, the paged KV cache and vLLM's kernels add beyond that.")
         items = [figures.ConfigBars(c, heads[c].engine, vals[c]) for c in heads]
         doc.fig(figures.comparison(items, [("output_throughput", "output throughput", "tokens/s"),
                                            ("p99_ttft_ms", "TTFT p99", "ms"),
@@ -155,7 +155,7 @@ def build(data: RunData, opts: ReportOptions, out: Path) -> tuple[Doc, dict[str,
         doc.ul(data.notes)
     machine = {"hardware": data.hardware, "model": data.model, "sources": data.sources,
                "slo": {"ttft_p99_ms": opts.slo.ttft_p99_ms, "tpot_p99_ms": opts.slo.tpot_p99_ms},
-               "baseline": base, "static_baselines": statics, "headlines": {c: m.key for c, m in heads.items()},
+               "reference": base, "static_hf_configs": statics, "headlines": {c: m.key for c, m in heads.items()},
                "comparison": vals, "output_throughput_ratios": {
                    f"{c}/{b}": (vals[c]["output_throughput"] / vals[b]["output_throughput"]
                                 if vals[b]["output_throughput"] else None) for c, b in pairs},
@@ -176,7 +176,7 @@ def summary_lines(heads: dict[str, Measurement], base: str | None, vals: dict[st
             lines.append(f"{c} delivers {times(f)} the output throughput of {base} ({vals[c]['output_throughput']:.1f} "
                          f"vs {vals[base]['output_throughput']:.1f} tok/s) at {label(m)}")
     base_tput = vals[base]["output_throughput"] if base else None
-    for s in statics:  # vLLM against static batching: what remains of vLLM/hf once the baseline batches too
+    for s in statics:  # vLLM against static batching: what remains of vLLM/hf once the HF engine batches too
         st = vals[s]["output_throughput"]
         for c in (c for c in heads if heads[c].engine == "vllm" and st):
             line = (f"{c} delivers {times(vals[c]['output_throughput'] / st)} the output throughput of {s} (HF with "

@@ -196,9 +196,9 @@ def headlines(ms: Sequence[Measurement], workload: str) -> dict[str, Measurement
     return {c: out[c] for c in order}
 
 
-def static_baselines(heads: dict[str, Measurement], base: str | None) -> list[str]:
+def static_hf_configs(heads: dict[str, Measurement], base: str | None) -> list[str]:
     """The headline HF configs with static batches (``max_batch_size`` > 1, e.g. hf-batch8) other than the
-    baseline. vLLM is compared with them too: its factor over hf (one request at a time) includes what batching
+    reference. vLLM is compared with them too: its factor over hf (one request at a time) includes what batching
     alone gains."""
     return [c for c, m in heads.items()
             if c != base and m.engine == "hf" and int(m.config.get("max_batch_size") or 1) > 1]
@@ -218,7 +218,7 @@ def sweep_groups(ms: Sequence[Measurement], configs: Sequence[str]) -> dict[tupl
 @dataclass
 class ReportOptions:
     slo: SLOLimits = field(default_factory=SLOLimits)
-    baseline: str | None = None  # the config improvement factors are relative to (default: "hf", else an hf config)
+    reference: str | None = None  # the config improvement factors are relative to (default: "hf", else an hf config)
     workload: str = "lab"  # the comparison load's workload name
     expectations: Path | None = None
     peaks: Path | None = None

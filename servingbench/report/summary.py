@@ -1,5 +1,5 @@
 """The end-of-session summary: one table of every measured config, as text and as files, and vLLM's throughput
-over each HF baseline measured at the same load: the sequential one (``hf``: one request at a time, FIFO) and any
+over each HF engine measured at the same load: the sequential one (``hf``: one request at a time, FIFO) and any
 static-batch one (``hf-batch8``), so that the vLLM/HF ratio is seen beside what static batching alone recovers."""
 
 from __future__ import annotations
@@ -57,11 +57,11 @@ def markdown_table(measurements: Iterable[Measurement]) -> str:
 
 
 def batch_size(m: Measurement) -> int:
-    """An HF baseline's batch limit (1: one request at a time)."""
+    """An HF engine's batch limit (1: one request at a time)."""
     return int(m.config.get("max_batch_size") or 1)
 
 
-def describe_baseline(m: Measurement) -> str:
+def describe_hf(m: Measurement) -> str:
     n = batch_size(m)
     return "one request at a time, FIFO" if n == 1 else f"static batches of up to {n}"
 
@@ -71,9 +71,9 @@ def _load(m: Measurement) -> str:
     return f"{w['name']} c{w.get('concurrency') or 'inf'} {w['prompt_len']}/{w['output_len']}"
 
 
-def baseline_ratios(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:
+def hf_ratios(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:
     """Output throughput of each vLLM measurement over each HF measurement of the same load (workload name,
-    concurrency, lengths; the HF run may have fewer requests), sequential baseline first. Studies are left out."""
+    concurrency, lengths; the HF run may have fewer requests), the sequential one first. Studies are left out."""
     groups: dict[str, list[Measurement]] = {}
     for m in measurements:
         if not str(m.workload["name"]).startswith("study-"):
@@ -84,35 +84,35 @@ def baseline_ratios(measurements: Iterable[Measurement]) -> list[dict[str, Any]]
         for v in (m for m in ms if m.engine == "vllm"):
             for b in hfs:
                 a, d = v.metrics.output_throughput, b.metrics.output_throughput
-                out.append({"load": load, "config": v.config_name, "baseline": b.config_name,
-                            "baseline_max_batch_size": batch_size(b), "baseline_kind": describe_baseline(b),
-                            "output_throughput": a, "baseline_output_throughput": d, "ratio": a / d if d else None})
+                out.append({"load": load, "config": v.config_name, "hf": b.config_name,
+                            "hf_max_batch_size": batch_size(b), "hf_kind": describe_hf(b),
+                            "output_throughput": a, "hf_output_throughput": d, "ratio": a / d if d else None})
     return out
 
 
-def baseline_lines(measurements: Iterable[Measurement]) -> list[str]:
-    """One line per vLLM config and load: its output tok/s over each HF baseline's; plus, per static-batch
-    baseline, how much of the sequential ratio static batching recovers."""
-    rows = baseline_ratios(measurements)
+def hf_lines(measurements: Iterable[Measurement]) -> list[str]:
+    """One line per vLLM config and load: its output tok/s over each HF engine's; plus, per static-batch
+    HF config, how much of the sequential ratio static batching recovers."""
+    rows = hf_ratios(measurements)
     by_config: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         by_config.setdefault((r["load"], r["config"]), []).append(r)
     lines = []
     for (load, config), rs in by_config.items():
-        parts = [f"{_x(r['ratio'])} {r['baseline']} ({r['baseline_output_throughput']:.1f}; {r['baseline_kind']})"
+        parts = [f"{_x(r['ratio'])} {r['hf']} ({r['hf_output_throughput']:.1f}; {r['hf_kind']})"
                  for r in rs]
         lines.append(f"vLLM/HF output tok/s at {load}: {config} {rs[0]['output_throughput']:.1f} = "
                      + ", ".join(parts))
     for rs in by_config.values():
-        seq = next((r for r in rs if r["baseline_max_batch_size"] == 1), None)
+        seq = next((r for r in rs if r["hf_max_batch_size"] == 1), None)
         for r in rs:
-            if seq is None or r["baseline_max_batch_size"] == 1:
+            if seq is None or r["hf_max_batch_size"] == 1:
                 continue
-            s = seq["baseline_output_throughput"]
-            gain = r["baseline_output_throughput"] / s if s else None
-            lines.append(f"at {r['load']}: {r['config']}/{seq['baseline']} {_x(seq['ratio'])} = {_x(gain)} from "
-                         f"static batching alone ({r['baseline']}/{seq['baseline']}) x {_x(r['ratio'])} vLLM over "
-                         f"static batching ({r['config']}/{r['baseline']}: continuous batching, paged KV cache, "
+            s = seq["hf_output_throughput"]
+            gain = r["hf_output_throughput"] / s if s else None
+            lines.append(f"at {r['load']}: {r['config']}/{seq['hf']} {_x(seq['ratio'])} = {_x(gain)} from "
+                         f"static batching alone ({r['hf']}/{seq['hf']}) x {_x(r['ratio'])} vLLM over "
+                         f"static batching ({r['config']}/{r['hf']}: continuous batching, paged KV cache, "
                          "its kernels)")
     return lines
 
@@ -124,10 +124,10 @@ def _x(ratio: float | None) -> str:
 def write_summary(results_dir: Path, measurements: list[Measurement], header: dict[str, object],
                   notes: list[str]) -> None:
     atomic_write_json(results_dir / "summary.json", {
-        **header, "notes": notes, "baseline_ratios": baseline_ratios(measurements),
+        **header, "notes": notes, "hf_ratios": hf_ratios(measurements),
         "measurements": [{k: v for k, v in m.to_dict().items() if k != "records"} for m in measurements],
     })
     lines = ["# servingbench summary", ""] + [f"- {k}: {v}" for k, v in header.items()] + [""]
-    lines += [markdown_table(measurements), ""] + [f"- {n}" for n in baseline_lines(measurements)]
+    lines += [markdown_table(measurements), ""] + [f"- {n}" for n in hf_lines(measurements)]
     lines += [f"- {n}" for n in notes]
     atomic_write_text(results_dir / "summary.md", "\n".join(lines) + "\n")

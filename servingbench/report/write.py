@@ -61,7 +61,8 @@ def add_report_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
                    "Llama-2-70B server)")
     p.add_argument("--slo-tpot-ms", type=float, default=200.0, help="TPOT p99 limit (default 200: MLPerf "
                    "Llama-2-70B server)")
-    p.add_argument("--baseline", default=None, help="config the improvement factors divide by (default: hf)")
+    p.add_argument("--reference", "--baseline", dest="reference", default=None, help="config the improvement "
+                   "factors divide by (default: hf; --baseline is its old name)")
     p.add_argument("--workload", default="lab", help="workload name of the comparison load (default: lab)")
     p.add_argument("--expectations", type=Path, default=None, help="expected-performance table (default: "
                    "perf/expected_performance.toml)")
@@ -75,7 +76,7 @@ def add_report_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
 def cmd_report(args: argparse.Namespace) -> int:
     custom = args.slo_ttft_ms != 2000.0 or args.slo_tpot_ms != 200.0
     slo = SLOLimits(args.slo_ttft_ms, args.slo_tpot_ms, "set on the command line" if custom else SLOLimits().source)
-    opts = ReportOptions(slo=slo, baseline=args.baseline, workload=args.workload, expectations=args.expectations,
+    opts = ReportOptions(slo=slo, reference=args.reference, workload=args.workload, expectations=args.expectations,
                          peaks=args.peaks, html=not args.no_html, noise=args.noise)
     try:
         path = write_report(args.results, args.output, opts)

@@ -1,5 +1,5 @@
 """Server-sent events as OpenAI-compatible servers stream them: one encoder for every server this suite runs
-(the HF baseline and the SSE peer), so both frame chunks exactly as vLLM does (compact JSON, ``data: ...`` + blank
+(the HF engine and the SSE peer), so both frame chunks exactly as vLLM does (compact JSON, ``data: ...`` + blank
 line)."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Three kinds:
   with seeded weights, for what dummy weights cannot show (a quantized KV cache's accuracy cost).
 - ``shaped``: the architecture of a real model (Llama-2-7B, Mistral-7B) with random weights. On disk it is only
   ``config.json`` plus a tokenizer of the right vocabulary; vLLM fills weights with ``--load-format dummy`` and
-  the HF baseline initialises them at random on the device.
+  the HF engine initialises them at random on the device.
 - ``checkpoint``: a local directory, or a hub id found in the local HF cache (never downloaded); its
   ``config.json`` gives the architecture, context length and dtype. The dtype both engines serve it in is resolved
   once, for the run's hardware, by ``serving_dtype`` (``RunSettings`` applies it).
@@ -210,7 +210,7 @@ def platform_dtypes(gpu: bool, gpu_name: str | None = None) -> tuple[str, ...]:
 
 def serving_dtype(checkpoint: str, model_type: str | None, supported: Sequence[str]) -> str:
     """The concrete dtype for a checkpoint whose config says ``checkpoint``: vLLM's rule for ``--dtype auto``
-    (``_resolve_auto_dtype``, vLLM >= 0.9.1), so that the HF baseline serves the same precision vLLM would.
+    (``_resolve_auto_dtype``, vLLM >= 0.9.1), so that the HF engine serves the same precision vLLM would.
 
     Rule: drop float16 for models vLLM refuses it for (gemma2/3, glm4); a float32 checkpoint is downcast to the
     platform's first dtype (bfloat16 on Ampere+ GPUs and on CPUs, float16 on older GPUs); another dtype is kept

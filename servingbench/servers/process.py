@@ -1,4 +1,4 @@
-"""Server lifecycle: one small class owns a server's whole life, for vLLM and the HF baseline alike.
+"""Server lifecycle: one small class owns a server's whole life, for vLLM and the HF engine alike.
 
 A config dataclass builds the argument list; ``ServerProcess`` picks a free port on 127.0.0.1, starts the
 process in its own process group with its log in the results directory, polls ``/health``, fails at once with

@@ -1,4 +1,4 @@
-"""Offline throughput, the lab's Parts 1 and 3: vLLM's ``LLM.generate`` against the HF baseline's static batches.
+"""Offline throughput, the lab's Parts 1 and 3: vLLM's ``LLM.generate`` against the HF engine's static batches.
 
 Both engines get the same prompts (random token ids of exactly ``input_len``), the same output length (EOS
 ignored) and greedy decoding, as ``vllm bench throughput --backend vllm`` and ``--backend hf`` do. Each engine

@@ -6,7 +6,7 @@ the ``RunSettings``. So the same table entry means the same thing on the CPU and
 
 A checkpoint's dtype is resolved once, here, for the run's hardware (``models.serving_dtype``: vLLM's rule for
 ``auto``, so an fp32 checkpoint is served in bfloat16 on an Ampere+ GPU or a CPU, float16 on older GPUs), and
-both engines receive that concrete dtype: "auto" would let vLLM downcast while the HF baseline stays in fp32.
+both engines receive that concrete dtype: "auto" would let vLLM downcast while the HF engine stays in fp32.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The regression gate end to end, on real HF baseline servers and a tiny lab load: calibration writes the rounds
+"""The regression gate end to end, on real HF servers and a tiny lab load: calibration writes the rounds
 baseline and proposed rows; the gate compares against it; an A/B of two Python environments runs interleaved; a
 planted slowdown (every decode step made slower, real server behaviour) is caught as "regressed"."""
 

@@ -1,4 +1,4 @@
-"""The HF baseline under abuse while it is loaded: bad input and vanishing clients mixed into 64 concurrent
+"""The HF engine under abuse while it is loaded: bad input and vanishing clients mixed into 64 concurrent
 requests, against one-at-a-time and static-batch servers.
 
 Single bad requests against an idle server are covered in test_hf_server.py; here the same kinds of abuse

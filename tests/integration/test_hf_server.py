@@ -1,4 +1,4 @@
-"""The HF baseline over real HTTP (a real server process on the generated model), plus its in-process core.
+"""The HF engine over real HTTP (a real server process on the generated model), plus its in-process core.
 
 Plain ``urllib`` keeps the client out of the way: what is checked is the wire format the load generator reads.
 Every bad-input case is followed by a valid request, proving the server kept serving.

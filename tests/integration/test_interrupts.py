@@ -1,7 +1,7 @@
 """Interrupting pytest must not leave servers behind.
 
 Each test runs a real inner pytest session in a subprocess: a temporary project that loads the plugin the way a
-user's does (its entry point, with no conftest) and starts a real HF baseline server, through a fixture
+user's does (its entry point, with no conftest) and starts a real HF server, through a fixture
 or through ``bench.measure``. Once the server answers ``/health`` the outer test interrupts the session (Ctrl-C
 to its process group, SIGTERM as a CI runner sends, ``kill -9``, a failing fixture, a second Ctrl-C during a slow
 shutdown) and then reads the process table: the server and every child of it must be gone.

@@ -1,4 +1,4 @@
-"""The load generator against the real HF baseline server on the generated model."""
+"""The load generator against the real HF server on the generated model."""
 
 from __future__ import annotations
 

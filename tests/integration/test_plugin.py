@@ -1,5 +1,5 @@
 """The pytest plugin in real inner pytest sessions: tests generated from a table, their failure messages, server
-ordering and stopping, remote mode and option errors. Servers are real HF baseline servers (they start in
+ordering and stopping, remote mode and option errors. Servers are real HF servers (they start in
 seconds); the table is a small one written for each test."""
 
 from __future__ import annotations

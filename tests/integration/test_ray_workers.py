@@ -138,7 +138,7 @@ def _figures(result: Any) -> dict[str, float]:
 
 
 def test_two_nodes_measure_a_real_server_as_one_host_does(hosts: Any, hf_server: ServerProcess) -> None:
-    """The HF baseline server on the generated 36M model, 6 requests of 16 tokens at concurrency 2 over two
+    """The HF server on the generated 36M model, 6 requests of 16 tokens at concurrency 2 over two
     workers: three runs on this host's processes and three over the two Ray nodes, interleaved (L R R L L R, each
     Ray run's actors gone before the next run starts) so that the machine's drift hits both. Each figure's
     medians differ by no more than the larger spread of the three runs

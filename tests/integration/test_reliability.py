@@ -3,7 +3,7 @@
 Nothing measured may be lost and nothing may hang: a dead server turns its in-flight and later requests into
 failures with a reason, the measurement is still written (with the server's log tail), the next config's server
 still starts; a server that cannot start fails within seconds of its process exiting, naming the cause.
-The HF baseline (healthy in ~5 s) stands in wherever the engine does not matter.
+The HF engine (healthy in ~5 s) stands in wherever the engine does not matter.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Security of what the suite starts and writes (HF baseline here; vLLM's checks share the soak's server in
+"""Security of what the suite starts and writes (HF engine here; vLLM's checks share the soak's server in
 test_soak.py, so that the slow vLLM start-up is paid once).
 
 - Servers listen on 127.0.0.1 unless the user asks otherwise: read from the process table, not from flags.

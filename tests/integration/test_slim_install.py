@@ -2,7 +2,7 @@
 fresh venv that has no torch, transformers, tokenizers or safetensors, and a user's project that is only
 ``perf/expected_performance.toml`` gates a real server from it with ``--server-url``.
 
-The server is the session's HF baseline on the generated model, started from this (full) environment: the slim
+The server is the session's HF engine on the generated model, started from this (full) environment: the slim
 venv measures it, so its figures are a real server's. A bound it can meet passes; a bound no server can meet
 fails, naming the measured value.
 

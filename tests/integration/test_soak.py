@@ -237,7 +237,7 @@ def assert_latency_stable(report: SoakReport) -> None:
     raise AssertionError(f"latency drifted: {report.line()}")
 
 
-# ---- HF baseline ------------------------------------------------------------------------------------------
+# ---- HF engine ------------------------------------------------------------------------------------------
 
 def test_hf_soak(hf_server: ServerProcess) -> None:
     """One request at a time at 0.8 requests/s: well inside its capacity here (12 tokens take ~0.3-0.6 s)."""

@@ -1,6 +1,6 @@
 """The expectations table is the tests: a user's project holding only ``perf/expected_performance.toml`` (no test
 file, no conftest) asserts every bound of it, and a bound added to the table fails when the deployment cannot meet
-it. The deployment is the session's HF baseline server at ``--server-url``, the workload four short requests."""
+it. The deployment is the session's HF server at ``--server-url``, the workload four short requests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad workloads as a user meets them, in an inner pytest session on the real HF baseline server: bad dataset
+"""Bad workloads as a user meets them, in an inner pytest session on the real HF server: bad dataset
 files name the file, the line and the fix; a run past its deadline fails with the reason instead of waiting out
 ceil(N / C) request timeouts."""
 

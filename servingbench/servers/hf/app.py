@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server over the HF baseline engine (aiohttp).
+"""An OpenAI-compatible HTTP server over the HF engine (aiohttp).
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``. Requests
 are validated on the event loop (bad input is a 4xx with an OpenAI error body, never a 500), then queued for the
@@ -252,4 +252,4 @@ def run_server(model: str, *, host: str = "127.0.0.1", port: int = 8000, served_
              str(engine.dtype).removeprefix("torch."), engine.device, engine.max_model_len, max_batch_size,
              "required" if api_key else "off")
     app = build_app(engine, name, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, api_key=api_key)
-    asyncio.run(serve(app, host, port, f"servingbench HF baseline serving {name} on http://{host}:{port}"))
+    asyncio.run(serve(app, host, port, f"servingbench HF engine serving {name} on http://{host}:{port}"))

@@ -1,4 +1,4 @@
-"""The HF baseline server's config: how the suite starts ``servingbench serve-hf`` (servers/hf/app.py)."""
+"""The HF server's config: how the suite starts ``servingbench serve-hf`` (servers/hf/app.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HF Transformers baseline: one static batch at a time through a plain decode loop.
+"""The HF Transformers engine: one static batch at a time through a plain decode loop.
 
 This is the naive-but-honest reference vLLM is compared with: the same math as ``model.generate`` (left padding,
 an attention mask, position ids from the mask, a KV cache, logits of the last position only, greedy or sampled

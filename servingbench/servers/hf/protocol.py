@@ -1,4 +1,4 @@
-"""The OpenAI wire format for the HF baseline: request parsing with precise 4xx errors, and response bodies.
+"""The OpenAI wire format for the HF engine: request parsing with precise 4xx errors, and response bodies.
 
 Every check raises ``APIError`` with a message that names the field and what was wrong, so a bad request costs
 the client one round trip and the server nothing. Response and chunk shapes follow OpenAI's (and vLLM's):
@@ -83,7 +83,7 @@ def check_model(body: dict[str, Any], served_name: str) -> None:
 def check_unsupported(body: dict[str, Any]) -> None:
     for name, accepted in _UNSUPPORTED.items():
         if name in body and body[name] not in accepted:
-            raise bad_request(f"'{name}' is not supported by the HF baseline server (got {body[name]!r})", name)
+            raise bad_request(f"'{name}' is not supported by the HF server (got {body[name]!r})", name)
 
 
 def _int_field(body: dict[str, Any], name: str, default: int | None, minimum: int) -> int | None:

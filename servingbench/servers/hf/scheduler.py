@@ -1,4 +1,4 @@
-"""The HF baseline's serving policy: one worker thread owns the model; requests wait in a FIFO queue.
+"""The HF engine's serving policy: one worker thread owns the model; requests wait in a FIFO queue.
 
 ``max_batch_size == 1`` serves one request at a time in arrival order. Above 1 it is static batching: take the
 first waiting request, wait up to ``batch_wait_s`` for up to N-1 more, run them together until the longest
