@@ -64,7 +64,6 @@ class LoadShape:
     concurrency: int | None = None  # closed loop: most requests in flight (None: no cap)
     request_rate: float = math.inf  # open loop: mean arrivals per second (inf: all at once)
     burstiness: float = 1.0  # gamma shape of inter-arrival times; 1.0 is Poisson
-    warmup_requests: int = 0  # sent first, not recorded
     timeout_s: float = 600.0  # per request, connect to last byte
     endpoint: str = "completions"  # or "chat"
     ignore_eos: bool = True  # exact output lengths; False: the model stops where it stops, usage says how long

@@ -7,7 +7,6 @@ caches the result, so every test that asserts on it (thresholds, baselines, rati
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,10 @@ from servingbench.measure.energy import EnergyMeter, EnergyReading
 from servingbench.measure.http import open_url
 from servingbench.suite.run_settings import RunSettings
 from servingbench.load.workload import Workload
-from servingbench.load.conversation import run_conversations
 from servingbench.load.synthetic import Codec
-from servingbench.load.generator import LoadResult, run_load
+from servingbench.load.generator import LoadResult
+from servingbench.load.run import Target, run
 from servingbench.suite.selftest import SelfTest, client_error_note, self_test
-from servingbench.load.workers import run_load_workers
 from servingbench.errors import ConfigError
 from servingbench.measure.files import atomic_write_json
 from servingbench.figures.capacity import CAPACITY_SCHEMA, Capacity
@@ -160,45 +158,20 @@ class BenchSession:
                 counters.start()
             meter.start()
 
-        shape = workload.shape(seed, self.request_timeout_s)
-        vocab = self.settings.vocab_size
         # The tokenizer only where text is sent: token-id prompts are counted exactly without it, and importing
         # transformers costs seconds of start-up every session would pay for nothing
         codec = self.codec() if workload.sends_text else None
-        trace = None
+        target = Target(url, model, self.settings.vocab_size, self.settings.model.max_model_len, self.api_key)
         try:
-            if workload.kind == "conversation":
-                convs = workload.conversations(vocab, seed, codec)
-                with sampler:
-                    result = asyncio.run(run_conversations(url, model, convs, shape, think_time_s=workload.think_time_s,
-                                                           api_key=self.api_key,
-                                                           before_measured=before))
-            else:
-                if workload.kind == "trace":  # its own schedule: the recorded arrival times, scaled
-                    trace = workload.trace(vocab, seed, self.settings.model.max_model_len)
-                    specs, shape = trace.specs, workload.shape(seed, self.request_timeout_s, trace.offsets)
-                else:
-                    specs = workload.specs(vocab, seed, codec, self.settings.model.max_model_len)
-                warmup = workload.warmup_specs(vocab, seed)
-                workers, hosts = workload.workers(), self.ray_hosts(workload)
-                with sampler:
-                    if hosts is not None:
-                        per_node = hosts.per_node(workload.concurrency or workload.num_requests,
-                                                  workload.client_workers)
-                        result = hosts.run(url, model, specs, shape, per_node=per_node, label=key,
-                                           api_key=self.api_key, warmup_specs=warmup, before_measured=before)
-                    elif workers > 1:
-                        result = run_load_workers(url, model, specs, shape, workers=workers, api_key=self.api_key,
-                                                  warmup_specs=warmup, before_measured=before)
-                    else:
-                        result = asyncio.run(run_load(url, model, specs, shape, api_key=self.api_key,
-                                                      progress=self.progress, warmup_specs=warmup,
-                                                      before_measured=before))
+            with sampler:
+                sent = run(target, workload, seed=seed, timeout_s=self.request_timeout_s, codec=codec,
+                           hosts=self.ray_hosts(workload), label=key, progress=self.progress, before_measured=before)
         except ConfigError as e:  # a DatasetError too: the workload is broken, not the server; it fails, never skips
             self.errors[key] = str(e)
             self._config_errors.add(key)
             raise
         energy = meter.stop()
+        result, trace = sent.result, sent.trace
         invalid = list(result.invalid)
         warnings = list(result.warnings) + gpu_note + token_count_notes(
             result.records, exact=codec is not None or not workload.sends_text)
