@@ -20,11 +20,11 @@ from servingbench.servers.pool import ServerUnavailable
 from servingbench.servers.process import ServerProcess, ServerStartError
 from servingbench.servers.vllm import VLLMConfig
 from servingbench.servers.models import ModelSpec, get_model
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 from servingbench.expect.bounds import Bound, ExpectationTable, check, load_table
 
 __all__ = [  # sorted, and exactly the names imported above (tests/unit/test_exported_members.py)
-    "BenchmarkMetrics", "BenchSession", "Bound", "check", "compute_metrics", "ConfigError", "ExpectationTable",
+    "Bench", "BenchmarkMetrics", "Bound", "check", "compute_metrics", "ConfigError", "ExpectationTable",
     "get_model", "Hardware", "HFConfig", "load_table", "LoadShape", "Measurement", "MissingFigure", "ModelSpec",
     "RequestRecord", "run_load", "ServerProcess", "ServerStartError", "ServerUnavailable", "SLO", "VLLMConfig",
     "Workload",

@@ -39,7 +39,7 @@ from servingbench.gate.judge import DEFAULT_LIFETIMES as GATE_LIFETIMES, MIN_EFF
 from servingbench.measure.files import atomic_write_text
 from servingbench.measure.rounds import FILENAME, GATED, Round, RoundsFile, by_lifetime
 from servingbench.suite.run_settings import RunSettings
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 from servingbench.expect.bounds import load_table
 
 K_SPREAD = 4.0
@@ -128,7 +128,7 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
     table = load_table(opts.table)
     settings = RunSettings(hardware, model, materialize(model), opts.tensor_parallel_size)
     results = opts.results_dir or Path("results") / f"calibrate-{time.strftime('%Y%m%d-%H%M%S')}"
-    bench = BenchSession(settings, Path(results), table.configs, api_key=opts.api_key)
+    bench = Bench(settings, Path(results), table.configs, api_key=opts.api_key)
     rounds: list[Round] = []
     singles: dict[str, list[float]] = {}  # single-stream throughput, once per lifetime: batch efficiency's denominator
     workloads = {}

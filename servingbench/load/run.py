@@ -2,7 +2,7 @@
 conversation), how from its load shape (closed or open loop, a trace's recorded offsets), and from where from its
 client topology (this process, worker processes, or Ray actors on a cluster's nodes).
 
-The session (``suite/session.py``) owns the cache, the server and the telemetry around it; this owns nothing but
+The session (``suite/bench.py``) owns the cache, the server and the telemetry around it; this owns nothing but
 the run, so every kind goes through one door and a new kind is added here and in ``workload.py`` only.
 """
 

@@ -17,12 +17,12 @@ from servingbench.errors import ConfigError
 from servingbench.extras import MissingExtra
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.suite.run_settings import RunSettings
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 from servingbench.expect.bounds import ExpectationTable
 
 
-def session_of(config: pytest.Config) -> BenchSession:
-    """The session's ``BenchSession``, made on first use (the model is built or found in the cache then)."""
+def session_of(config: pytest.Config) -> Bench:
+    """The session's ``Bench``, made on first use (the model is built or found in the cache then)."""
     state = state_of(config)
     if state.session is None:
         if state.table is None:
@@ -38,7 +38,7 @@ def session_of(config: pytest.Config) -> BenchSession:
             missing = str(e)
         if missing is not None:  # one line per test, not a traceback (nor a chained one): the fix is an install
             pytest.fail(missing, pytrace=False)
-        state.session = BenchSession(
+        state.session = Bench(
             settings=RunSettings(state.hardware, state.model, path, tp),
             results_dir=Path(results), configs=state.table.configs, api_key=config.getoption("--api-key"),
             server_url=config.getoption("--server-url"), request_timeout_s=config.getoption("--request-timeout"),
@@ -48,7 +48,7 @@ def session_of(config: pytest.Config) -> BenchSession:
 
 
 @pytest.fixture(scope="session")
-def bench(pytestconfig: pytest.Config) -> BenchSession:
+def bench(pytestconfig: pytest.Config) -> Bench:
     """The session's measurements and server pool."""
     return session_of(pytestconfig)
 
@@ -62,7 +62,7 @@ def expectations(pytestconfig: pytest.Config) -> ExpectationTable:
 
 
 @pytest.fixture
-def measure_or_skip(bench: BenchSession) -> Any:
+def measure_or_skip(bench: Bench) -> Any:
     """``bench.measure`` that turns an unavailable server into a skip (remote mode) or a clear failure, and a
     broken workload (a ConfigError) into a clear failure in every mode: skipped, it would pass unnoticed."""
     def run(config_name: str, workload: Any, **kw: Any) -> Any:

@@ -24,7 +24,7 @@ from servingbench.expect.defaults import default_table_path
 from servingbench.figures.efficiency import DevicePeaks, find_peaks_for_sku, load_peak_table, probed_peaks
 from servingbench.gate.judge import GateReport
 from servingbench.servers.models import ModelError, ModelSpec, get_model
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 from servingbench.expect.bounds import Bound, ExpectationTable, load_table
 
 
@@ -49,7 +49,7 @@ class PluginState:
     table: ExpectationTable | None
     replay_env: dict[str, Any] | None = None  # environment of the run a --replay directory holds
     tensor_parallel_size: int = 1
-    session: BenchSession | None = None
+    session: Bench | None = None
     items: list[pytest.Item] = field(default_factory=list)
     asserted: list[Bound] = field(default_factory=list)  # the bounds of the selected table items
     baselines: BaselineState = field(default_factory=BaselineState)

@@ -75,7 +75,7 @@ CAPACITY_POINT = ("rate", "request_throughput", "goodput", "p99_ttft_ms", "p99_t
 
 
 def read_capacity(path: Path) -> Row:
-    """A capacity search saved by ``BenchSession.record_capacity``, its points sorted by rate (a missing point
+    """A capacity search saved by ``Bench.record_capacity``, its points sorted by rate (a missing point
     figure becomes None). ValueError (with the reason) for another schema or a malformed file."""
     try:
         c = json.loads(path.read_text())

@@ -31,7 +31,7 @@ from servingbench.measure.measurement import measured_rows
 
 if TYPE_CHECKING:
     from servingbench.measure.measurement import Measurement
-    from servingbench.suite.session import BenchSession
+    from servingbench.suite.bench import Bench
 
 KNEE_METRICS = ("median_e2el_ms", "median_tpot_ms")
 SERVING_FIELDS = catalog.study_fields()  # vLLM's field names, in every study row
@@ -89,7 +89,7 @@ def study_path(results_dir: Path, study: str) -> Path:
     return Path(results_dir) / "studies" / f"{study}.json"
 
 
-def record_rows(bench: "BenchSession", study: str, rows: Iterable[dict[str, Any]],
+def record_rows(bench: "Bench", study: str, rows: Iterable[dict[str, Any]],
                 findings: Callable[[list[dict[str, Any]]], dict[str, Any]],
                 sort_key: Callable[[dict[str, Any]], Any] = lambda r: r["key"]) -> dict[str, Any]:
     """Add (or replace, by ``key``) rows in the study's file, recompute its findings, write it atomically."""

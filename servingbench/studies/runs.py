@@ -1,6 +1,6 @@
 """The studies' contact with live servers: start (or learn the engine's refusal), measure, read /metrics.
 
-``served_run`` measures a workload through ``BenchSession.measure`` and snapshots the server's ``/metrics``
+``served_run`` measures a workload through ``Bench.measure`` and snapshots the server's ``/metrics``
 right before and right after the measured run, so prefix-cache hit rates are the deltas over that run (not
 cumulative since start-up: the same server may have served other studies first). A start-up that vLLM refuses
 (a block size its backend cannot use, a KV dtype this CPU cannot store) raises ``Refused`` with vLLM's own words;
@@ -20,7 +20,7 @@ from servingbench.studies.kv_cache import KVCapacity, kv_capacity
 from servingbench.measure.measurement import Measurement
 from servingbench.measure.environment import package_version
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 from servingbench.servers.pool import ServerUnavailable
 from servingbench.servers.vllm import PrefixCounters, prefix_counters
 from servingbench.servers.logs import start_refusal
@@ -49,12 +49,12 @@ _RUNS: dict[tuple[Path, str], ServedRun] = {}
 REFERENCE = "vllm"  # the lab-load config: engine defaults for the run's model and hardware
 
 
-def variant(bench: BenchSession, **overrides: Any) -> ServerConfig:
+def variant(bench: Bench, **overrides: Any) -> ServerConfig:
     """The reference config with one setting changed (built here, so the studies need no table entries)."""
     return bench.config(REFERENCE, overrides) if overrides else bench.config(REFERENCE)
 
 
-def require_local(bench: BenchSession) -> None:
+def require_local(bench: Bench) -> None:
     """Studies compare configs they start themselves; --server-url mode cannot run them."""
     if bench.remote:
         import pytest
@@ -62,7 +62,7 @@ def require_local(bench: BenchSession) -> None:
         pytest.skip("the studies start their own servers; --server-url mode measures one given deployment only")
 
 
-def start(bench: BenchSession, config_name: str, config: ServerConfig | None = None) -> ServerProcess:
+def start(bench: Bench, config_name: str, config: ServerConfig | None = None) -> ServerProcess:
     """The live server for ``config`` (started if needed); ``Refused`` when vLLM refuses it at start-up."""
     config = config or bench.config(config_name)
     try:
@@ -89,7 +89,7 @@ def capacity_of(server: ServerProcess, labels: dict[str, str]) -> KVCapacity:
     return kv_capacity(labels, log, space)
 
 
-def served_run(bench: BenchSession, config_name: str, workload: Workload,
+def served_run(bench: Bench, config_name: str, workload: Workload,
                config: ServerConfig | None = None) -> ServedRun:
     """Measure ``workload`` on ``config`` once per session, with /metrics snapshots around the measured run."""
     key = (bench.results_dir, f"{config_name}--{workload.label}")

@@ -32,7 +32,7 @@ from servingbench.servers.models import get_model
 from servingbench.servers.hf.config import HFConfig
 from servingbench.servers.process import ServerConfig, ServerProcess, ServerStartError
 from servingbench.servers.vllm import VLLMConfig
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,11 +77,11 @@ TIMEOUT_S = 60.0
 
 
 @pytest.fixture
-def bench(model_dir: str, tmp_path: Path) -> Iterator[BenchSession]:
+def bench(model_dir: str, tmp_path: Path) -> Iterator[Bench]:
     """A session with two HF configs; its pool's server is stopped whatever the test's outcome."""
     profile = RunSettings(detect(False), get_model(MODEL), model_dir)
     configs = {"hf": {"engine": "hf"}, "hf-batch2": {"engine": "hf", "max_batch_size": 2}}
-    session = BenchSession(profile, tmp_path / "results", configs, request_timeout_s=TIMEOUT_S,
+    session = Bench(profile, tmp_path / "results", configs, request_timeout_s=TIMEOUT_S,
                            startup_timeout_s=120)
     try:
         yield session
@@ -89,8 +89,8 @@ def bench(model_dir: str, tmp_path: Path) -> Iterator[BenchSession]:
         session.close()
 
 
-def test_server_killed_mid_run_loses_nothing_measured(bench: BenchSession, tmp_path: Path) -> None:
-    """SIGKILL of the server's whole group while a measurement runs through ``BenchSession.measure``."""
+def test_server_killed_mid_run_loses_nothing_measured(bench: Bench, tmp_path: Path) -> None:
+    """SIGKILL of the server's whole group while a measurement runs through ``Bench.measure``."""
     workload = Workload("killed", num_requests=40, concurrency=2, prompt_len=16, output_len=16, warmup_requests=0)
     killed: dict[str, Any] = {}
 

@@ -52,7 +52,7 @@ from servingbench.load.generator import LoadShape, run_load
 from servingbench.servers.models import get_model
 from servingbench.measure.records import RequestRecord
 from servingbench.servers.process import LOCALHOST, ServerProcess
-from servingbench.suite.session import BenchSession
+from servingbench.suite.bench import Bench
 from servingbench.report.summary import write_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
@@ -258,13 +258,13 @@ def test_hf_soak(hf_server: ServerProcess) -> None:
 # ---- vLLM: one keyed server for the soak and the security checks ------------------------------------------
 
 @pytest.fixture(scope="module")
-def vllm_bench(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchSession]:
-    """A BenchSession whose vLLM server requires an API key and has a hub token in its environment."""
+def vllm_bench(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    """A Bench whose vLLM server requires an API key and has a hub token in its environment."""
     env = pytest.MonkeyPatch()
     env.setenv("HF_TOKEN", HUB_TOKEN)
     profile = RunSettings(detect(False), get_model(MODEL), model_dir)
     configs = {"vllm": {"engine": "vllm", "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}}
-    bench = BenchSession(profile, tmp_path_factory.mktemp("vllm-results"), configs, api_key=API_KEY,
+    bench = Bench(profile, tmp_path_factory.mktemp("vllm-results"), configs, api_key=API_KEY,
                          request_timeout_s=120, startup_timeout_s=400)
     try:
         bench.pool.get(bench.config("vllm"))
@@ -274,7 +274,7 @@ def vllm_bench(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         env.undo()
 
 
-def vllm_server(bench: BenchSession) -> ServerProcess:
+def vllm_server(bench: Bench) -> ServerProcess:
     assert bench.pool.current is not None
     return bench.pool.current[1]
 
@@ -290,7 +290,7 @@ def request(server: ServerProcess, path: str, key: str | None, body: dict[str, A
         return e.code
 
 
-def test_vllm_listens_on_loopback_only(vllm_bench: BenchSession) -> None:
+def test_vllm_listens_on_loopback_only(vllm_bench: Bench) -> None:
     """vLLM's own default is 0.0.0.0; every socket of its tree (API, engine, workers) must be on 127.0.0.1."""
     server = vllm_server(vllm_bench)
     assert server.proc is not None
@@ -301,7 +301,7 @@ def test_vllm_listens_on_loopback_only(vllm_bench: BenchSession) -> None:
     assert {ip for ip, _ in listening} == {LOCALHOST}, listening
 
 
-def test_vllm_api_key_is_required(vllm_bench: BenchSession) -> None:
+def test_vllm_api_key_is_required(vllm_bench: Bench) -> None:
     server = vllm_server(vllm_bench)
     body = {"model": MODEL, "prompt": [101, 202, 303], "max_tokens": 2}
     assert request(server, "/v1/completions", None, body) == 401
@@ -313,8 +313,8 @@ def test_vllm_api_key_is_required(vllm_bench: BenchSession) -> None:
     assert API_KEY not in " ".join(psutil.Process(server.proc.pid).cmdline())
 
 
-def test_vllm_soak(vllm_bench: BenchSession) -> None:
-    """3 requests/s of 24 tokens (about a third of its capacity here) through ``BenchSession.measure`` (so
+def test_vllm_soak(vllm_bench: Bench) -> None:
+    """3 requests/s of 24 tokens (about a third of its capacity here) through ``Bench.measure`` (so
     ``run_load`` sends the key), for about a minute."""
     rate, prompt, out = 3.0, 64, 24
     n = int(SOAK_SECONDS * rate)
@@ -342,7 +342,7 @@ def test_vllm_soak(vllm_bench: BenchSession) -> None:
     assert_latency_stable(report)
 
 
-def test_vllm_no_secret_in_results_or_logs(vllm_bench: BenchSession) -> None:
+def test_vllm_no_secret_in_results_or_logs(vllm_bench: Bench) -> None:
     """After the keyed measurement: the measurement JSON, the server log and the summary hold no secret."""
     write_summary(vllm_bench.results_dir, list(vllm_bench.measurements.values()), {"engine": "vllm"}, [])
     written = [p for p in Path(vllm_bench.results_dir).rglob("*") if p.is_file()]

@@ -69,7 +69,7 @@ import pytest
 ''' + BUILDER + '''
 
 class StubBench:
-    """BenchSession's workload choice without its model build and server pool."""
+    """Bench's workload choice without its model build and server pool."""
 
     def workload(self, table, name, config_name):
         return table.workload(name, False, table.configs[config_name]["engine"])

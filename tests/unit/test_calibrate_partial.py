@@ -54,7 +54,7 @@ class DyingSession:
 
 
 def test_a_lifetime_that_fails_late_keeps_every_round_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calibrate, "BenchSession", DyingSession)
+    monkeypatch.setattr(calibrate, "Bench", DyingSession)
     monkeypatch.setattr(calibrate, "materialize", lambda model: str(tmp_path / "model"))
     (tmp_path / "table.toml").write_text(TABLE)
     said: list[str] = []

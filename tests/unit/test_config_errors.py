@@ -21,7 +21,7 @@ from servingbench.load.dataset_files import DatasetError
 from servingbench.load.workload import Workload
 from servingbench.measure.environment import Hardware
 from servingbench.servers.pool import ServerUnavailable
-from servingbench.suite import session as session_mod
+from servingbench.suite import bench as bench_mod
 from servingbench.servers.models import get_model
 from servingbench.suite.run_settings import RunSettings
 
@@ -29,10 +29,10 @@ CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens
 
 
 @pytest.fixture
-def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> session_mod.BenchSession:
-    monkeypatch.setattr(session_mod.BenchSession, "_remote_model", lambda self, url: "m")
+def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bench_mod.Bench:
+    monkeypatch.setattr(bench_mod.Bench, "_remote_model", lambda self, url: "m")
     settings = RunSettings(Hardware("cpu-2c-test", False, cores=2), get_model("cpu-llama-36m"), "/m")
-    return session_mod.BenchSession(settings, tmp_path / "results", {"vllm": {"engine": "vllm"}}, server_url=CLOSED)
+    return bench_mod.Bench(settings, tmp_path / "results", {"vllm": {"engine": "vllm"}}, server_url=CLOSED)
 
 
 def test_a_broken_workload_under_server_url_raises_a_config_error_not_a_skip(remote, tmp_path: Path) -> None:

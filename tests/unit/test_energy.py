@@ -13,7 +13,7 @@ from servingbench.measure.metrics import compute_metrics
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.report.summary import text_table
-from servingbench.suite.session import server_energy_meter
+from servingbench.suite.bench import server_energy_meter
 from servingbench.expect.bounds import Bound, check
 
 

@@ -59,7 +59,7 @@ def test_a_server_is_sampled_on_the_gpus_its_environment_gives_it(monkeypatch: p
     from servingbench.measure import telemetry
     from servingbench.servers.process import ServerProcess
     from servingbench.servers.vllm import VLLMConfig
-    from servingbench.suite.session import server_gpus
+    from servingbench.suite.bench import server_gpus
 
     monkeypatch.setattr(telemetry, "host_gpus", lambda: HOST)  # NVML's answer on the 4-GPU host
     tp2 = ServerProcess(VLLMConfig(model="m", tensor_parallel_size=2), tmp_path, gpu=True,

@@ -80,10 +80,10 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     """The rule is not vacuous: an upward import, at module level or in a function, is found."""
     f = tmp_path / "m.py"
     f.write_text("from servingbench.report import build\n\ndef g():\n    import servingbench.gate.judge\n"
-                 "if TYPE_CHECKING:\n    from servingbench.suite.session import BenchSession\n")
+                 "if TYPE_CHECKING:\n    from servingbench.suite.bench import Bench\n")
     found = sorted((m, t) for m, t, _ in imports(f))
     assert found == [("servingbench.gate.judge", False), ("servingbench.report", False),
-                     ("servingbench.suite.session", True)]
+                     ("servingbench.suite.bench", True)]
     here = floor("load")
     assert [m for m, t in found if not (floor(unit(m)) < here or (t and floor(unit(m)) == here))] == \
-        ["servingbench.gate.judge", "servingbench.report", "servingbench.suite.session"]
+        ["servingbench.gate.judge", "servingbench.report", "servingbench.suite.bench"]

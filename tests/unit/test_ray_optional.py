@@ -18,7 +18,7 @@ from servingbench.load.workload_schema import entry_problems
 
 
 def test_nothing_imports_ray_unless_asked() -> None:
-    code = ("import sys, servingbench.plugin, servingbench.suite.session, servingbench.load.ray_workers, "
+    code = ("import sys, servingbench.plugin, servingbench.suite.bench, servingbench.load.ray_workers, "
             "servingbench.suite.selftest; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

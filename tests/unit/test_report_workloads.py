@@ -1,5 +1,5 @@
 """The report's workload-kind sections on hand-built results: capacity searches (``<results>/capacity/*.json`` as
-``BenchSession.record_capacity`` writes them), multi-turn conversation figures, invalid runs, and the "not
+``Bench.record_capacity`` writes them), multi-turn conversation figures, invalid runs, and the "not
 measured" text when a run has none of them."""
 
 from __future__ import annotations

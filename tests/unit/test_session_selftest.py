@@ -24,7 +24,7 @@ from servingbench.load.workload import Workload
 from servingbench.measure.environment import Hardware
 from servingbench.measure.records import RequestRecord
 from servingbench.servers.process import ServerStartError
-from servingbench.suite import session as session_mod
+from servingbench.suite import bench as bench_mod
 from servingbench.servers.models import get_model
 from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.selftest import ErrorPercentiles, SelfTest
@@ -34,7 +34,7 @@ WORKLOAD = Workload("lab", 4, 2, 8, 5, warmup_requests=0)
 
 
 @pytest.fixture
-def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> session_mod.BenchSession:
+def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bench_mod.Bench:
     async def load(url, model, specs, shape, **kwargs):  # type: ignore[no-untyped-def]
         records = [RequestRecord(f"r{i}", s.prompt_len, s.max_tokens, start=1.0,
                                  chunk_times=[1.1 + 0.01 * k for k in range(s.max_tokens)], output_tokens=s.max_tokens,
@@ -42,13 +42,13 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> session_mod.BenchS
         return LoadResult(records, 1.0, shape, time.time())
 
     monkeypatch.setattr(load_run, "run_load", load)  # the one door every kind goes through (load/run.py)
-    monkeypatch.setattr(session_mod, "SELF_TEST_CONCURRENCY", 2)  # the workload's concurrency takes a self-test
-    monkeypatch.setattr(session_mod.BenchSession, "_remote_model", lambda self, url: "m")
+    monkeypatch.setattr(bench_mod, "SELF_TEST_CONCURRENCY", 2)  # the workload's concurrency takes a self-test
+    monkeypatch.setattr(bench_mod.Bench, "_remote_model", lambda self, url: "m")
     settings = RunSettings(Hardware("cpu-2c-test", False, cores=2), get_model("cpu-llama-36m"), "/m")
-    return session_mod.BenchSession(settings, tmp_path / "results", {"vllm": {"engine": "vllm"}}, server_url=CLOSED)
+    return bench_mod.Bench(settings, tmp_path / "results", {"vllm": {"engine": "vllm"}}, server_url=CLOSED)
 
 
-def saved(bench: session_mod.BenchSession) -> dict:
+def saved(bench: bench_mod.Bench) -> dict:
     (path,) = (bench.results_dir / "measurements").glob("*.json")
     return json.loads(path.read_text())
 
@@ -61,7 +61,7 @@ def test_a_failed_self_test_keeps_the_run_and_marks_it_invalid(bench, monkeypatc
     def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise failure
 
-    monkeypatch.setattr(session_mod, "self_test", fail)
+    monkeypatch.setattr(bench_mod, "self_test", fail)
     m = bench.measure("vllm", WORKLOAD)
     assert m.metrics.completed == 4 and bench.measurements[m.key] is m
     assert len(m.invalid) == 1 and m.invalid[0].startswith("client self-test failed") and str(failure) in m.invalid[0]
@@ -77,7 +77,7 @@ def test_the_run_is_saved_before_the_self_test_runs(bench, monkeypatch) -> None:
         return SelfTest(concurrency, workers or 1, 1, 50.0, 20.0, 64, 4, 100.0, 100.0,
                         ErrorPercentiles(900.0, 950.0), ErrorPercentiles(0.1, 0.5))
 
-    monkeypatch.setattr(session_mod, "self_test", look)
+    monkeypatch.setattr(bench_mod, "self_test", look)
     m = bench.measure("vllm", WORKLOAD)
     assert seen == [4]
     assert any("adds 900.0 ms to the median TTFT" in p for p in m.invalid)  # its verdict, attached afterwards

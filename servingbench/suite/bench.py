@@ -1,7 +1,8 @@
-"""A perf session: which servers are up, and the measurements taken so far.
+"""The bench (the ``bench`` fixture, one per pytest session): which servers are up, and the measurements taken
+so far. "Session" is left to pytest's.
 
 ``ServerPool`` starts each distinct config once and keeps at most one server alive (a 7B model leaves no room
-for two on one GPU). ``BenchSession.measure`` runs a workload against a named config once per session and
+for two on one GPU). ``Bench.measure`` runs a workload against a named config once per session and
 caches the result, so every test that asserts on it (thresholds, baselines, ratios) reads the same run.
 """
 
@@ -77,7 +78,7 @@ def server_energy_meter(server: ServerProcess | None, gpus: list[int]) -> Energy
 
 
 @dataclass
-class BenchSession:
+class Bench:
     settings: RunSettings
     results_dir: Path
     configs: dict[str, dict[str, Any]]
