@@ -78,6 +78,7 @@ def test_no_regression(config_name: str, bench, expectations, measure_or_skip, p
             reference, current = run_abba(side(config_name), b, restart, lifetimes, rounds)
         baseline_rounds = reference
     else:
+        problem = None
         try:
             calibration, baseline_rounds = stored_baseline(folder, config_name)
             notes += [f"allowed: {m}" for m in refuse_mismatches(
@@ -85,7 +86,9 @@ def test_no_regression(config_name: str, bench, expectations, measure_or_skip, p
                                       bench.config(config_name).engine),
                 opt("--gate-allow-mismatch"), folder / FILENAME)]
         except (FileNotFoundError, ValueError) as e:
-            pytest.fail(str(e), pytrace=False)
+            problem = str(e)
+        if problem is not None:  # outside the except clause: one line, not the exception it would chain to
+            pytest.fail(problem, pytrace=False)
         stored, stored_source = [], ""  # the baseline itself is the stored data
         if bench.remote:
             lifetimes = 1

@@ -77,7 +77,8 @@ class SelfTest:
                     f"adds {self.ttft_error_ms.p50:.1f} ms to the median TTFT (p99 {self.ttft_error_ms.p99:.1f} "
                     f"ms), over the {max_ttft_error_ms:g} ms allowed"
                     + (f"; worker(s) {', '.join(map(str, self.saturated))} saturated" if self.saturated else "")
-                    + ": use more worker processes or a lower concurrency")
+                    + f": raise the workload's client_workers (above {self.workers}), lower its concurrency, or spread "
+                    "the client over hosts (client_hosts = \"ray\")")
         return None
 
     def to_dict(self) -> dict[str, Any]:

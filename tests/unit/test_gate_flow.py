@@ -144,3 +144,13 @@ def test_ab_of_deployments_without_stored_spread_is_inconclusive_with_the_fix(tm
     assert "restart" not in bench.log and report.lifetimes == 1
     assert rng_log == ["vllm", "vllm@B", "vllm@B", "vllm", "vllm", "vllm@B"]  # rounds in ABBA order
     assert all(v.status == "inconclusive" and "servingbench calibrate" in v.note for v in report.verdicts[:-1])
+
+
+def test_a_missing_baseline_fails_with_its_one_line_not_a_chained_exception(tmp_path: Path) -> None:
+    """Seen on the H100 (2026-12-06): the failure printed the message, 'During handling of the above exception,
+    another exception occurred', and the message again, because pytest.fail was called inside the except clause."""
+    bench = Bench()
+    with pytest.raises(pytest.fail.Exception, match="no rounds baseline at .*servingbench calibrate") as info:
+        run_gate(tmp_path, bench, {})
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert bench.log == []  # refused before any server starts or round runs

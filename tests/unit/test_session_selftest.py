@@ -82,3 +82,16 @@ def test_the_run_is_saved_before_the_self_test_runs(bench, monkeypatch) -> None:
     assert seen == [4]
     assert any("adds 900.0 ms to the median TTFT" in p for p in m.invalid)  # its verdict, attached afterwards
     assert saved(bench)["invalid"] == m.invalid and any("self-test against a peer" in w for w in saved(bench)["warnings"])
+
+
+def test_a_self_test_over_its_allowance_names_the_fields_that_fix_it() -> None:
+    """The message names the workload's field (client_workers, with the count used) and the Ray option, not just
+    'more worker processes' (the H200's c512 run, 72 ms over 4 workers, left the user to find the field)."""
+    st = SelfTest(512, 4, 4, 50.0, 20.0, 64, 1024, 24000.0, 25000.0, ErrorPercentiles(72.4, 221.1),
+                  ErrorPercentiles(0.1, 1.0))
+    problem = st.check(25.0)
+    assert problem is not None and "adds 72.4 ms" in problem and "over the 25 ms allowed" in problem
+    assert "client_workers (above 4)" in problem and 'client_hosts = "ray"' in problem
+    within = SelfTest(512, 4, 4, 50.0, 20.0, 64, 1024, 24755.0, 25014.0, ErrorPercentiles(2.4, 7.8),
+                      ErrorPercentiles(0.1, 1.0))
+    assert within.check(25.0) is None  # the H100's measured c512 point (2026-12-06) passes
