@@ -14,12 +14,14 @@ if [ "${2:-}" = final ] && [ ! -f "$G/done" ]; then
   echo "stopped by the final poll at $(date -u +%H:%M:%S)" >> "$G/job.log"
 fi
 echo "=== job.log"; cut -c1-220 "$G/job.log" | tail -40
-for n in stored slow1 aa1 slow2 aa2; do
+for n in stored stored2 slow1 aa1 slow2 aa2; do
   [ -f "$G/$n.log" ] || continue
   echo "=== $n"; sed -n '/servingbench regression gate/,/verdicts:/p' "$G/$n.log" | cut -c1-96 | grep -v "^---"
   grep -E "passed|failed|error" "$G/$n.log" | tail -1
 done
 [ -f "$G/perf.log" ] && { echo "=== perf"; grep -E "passed|failed" "$G/perf.log" | tail -3; }
+[ -f "$G/perf-hf.log" ] && { echo "=== perf-hf"; grep -E "passed|failed|rror" "$G/perf-hf.log" | tail -3; }
+[ -f "$G/calib.log" ] && { echo "=== calib"; tail -12 "$G/calib.log" | cut -c1-200; }
 ls "$G"/selftest-*.log 2>/dev/null | while read f; do echo "=== $f"; tail -6 "$f"; done
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader 2>/dev/null
 if [ -n "${OUT:-}" ]; then
