@@ -80,7 +80,7 @@ def _vllm_server(bench: Any) -> ServerProcess:
 
 def _ours(url: str, model: str, workload: Any, vocab: int, seed: int) -> tuple[dict[str, float], Any]:
     specs = workload.specs(vocab, seed)
-    result = asyncio.run(run_load(url, model, specs, LoadShape(concurrency=workload.concurrency, seed=seed)))
+    result = asyncio.run(run_load(url, model, specs, LoadShape(concurrency=workload.load.concurrency, seed=seed)))
     return result.metrics().to_vllm_json(), result
 
 
@@ -105,9 +105,9 @@ def agreement(bench: Any, expectations: Any, report: dict[str, Any],
                                  warnings=result.warnings)
             run = {"client": "servingbench", **figures}
         else:
-            argv = fd.vllm_bench_argv(url, model, bench.settings.model_path, num_prompts=workload.num_requests,
-                                      concurrency=workload.concurrency, input_len=workload.prompt_len,
-                                      output_len=workload.output_len, seed=seed, result_dir=out,
+            argv = fd.vllm_bench_argv(url, model, bench.settings.model_path, num_prompts=workload.source.num_requests,
+                                      concurrency=workload.load.concurrency, input_len=workload.source.prompt_len,
+                                      output_len=workload.source.output_len, seed=seed, result_dir=out,
                                       result_filename=f"run{i}.json")
             result_json = fd.run_vllm_bench(argv, out, f"run{i}")
             cost = fd.ClientCost.from_dict(result_json["cost"])
@@ -119,7 +119,8 @@ def agreement(bench: Any, expectations: Any, report: dict[str, Any],
         runs.append(run)
     ours = [r for r in runs if r["client"] == "servingbench"]
     theirs = [r for r in runs if r["client"] == "vllm-bench"]
-    rows = fd.compare(ours, [fd.vllm_figures(r, workload.num_requests) for r in theirs], notes=fd.DEFINITION_NOTES)
+    rows = fd.compare(ours, [fd.vllm_figures(r, workload.source.num_requests) for r in theirs],
+                      notes=fd.DEFINITION_NOTES)
     data = {"workload": workload.to_dict(), "order": ORDER,
             "prefix_caching": "on (engine default), fresh prompts per run",
             "prompts": "ours: prompt_len random token ids; vLLM's random dataset: prompt_len - 1 words of text plus "

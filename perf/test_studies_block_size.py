@@ -78,7 +78,7 @@ def test_block_size(block_size: int, config_name: str, bench, params: StudyParam
                    "kv_capacity_tokens": cap.tokens, "kv_cache_gib": cap.kv_cache_gib,
                    "tokens_per_gib": cap.tokens_per_gib, **serving_row(m)})
     assert m.metrics.failed == 0, f"{m.metrics.failed} requests failed: {m.metrics.errors}"
-    assert {r.output_tokens for r in m.records} == {workload.output_len}
+    assert {r.output_tokens for r in m.records} == {workload.source.output_len}
     assert cap.tokens >= bench.settings.model.max_model_len, (
         f"KV capacity {cap.tokens} tokens cannot hold one full-length sequence ({bench.settings.model.max_model_len})")
     if cap.num_blocks:

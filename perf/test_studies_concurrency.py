@@ -50,8 +50,8 @@ def measure_level(bench, params: StudyParams, level: int) -> dict:
     require_local(bench)
     workload = level_workload(params, level)
     m = bench.measure(CONFIG, workload)
-    row = {"key": f"c{level}", "concurrency": level, "num_requests": workload.num_requests, "status": "measured",
-           "prompt_len": workload.prompt_len, "output_len": workload.output_len,
+    row = {"key": f"c{level}", "concurrency": level, "num_requests": workload.source.num_requests, "status": "measured",
+           "prompt_len": workload.source.prompt_len, "output_len": workload.source.output_len,
            **row_labels(samples(m), params["percentile"]), **serving_row(m)}
     record_rows(bench, STUDY, [row], sweep_findings, sort_key=lambda r: r["concurrency"])
     return row

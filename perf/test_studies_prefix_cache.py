@@ -37,7 +37,7 @@ def run(bench, params: StudyParams, mode: str) -> tuple[ServedRun, dict[str, Any
     """Measure one mode (once per session) and write its row."""
     require_local(bench)
     workload = params.workload()
-    if workload.warmup_requests:
+    if workload.source.warmup_requests:
         raise AssertionError(f"{PARAMS} [{STUDY}]: warmup_requests must be 0 (warm-ups would enter the hit rate)")
     r = served_run(bench, CONFIGS[mode], workload, variant(bench, **OVERRIDES[mode]))
     assert r.capacity is not None and r.capacity.block_size, f"{CONFIGS[mode]}: no block size in /metrics"
@@ -45,12 +45,12 @@ def run(bench, params: StudyParams, mode: str) -> tuple[ServedRun, dict[str, Any
     counters = r.counters
     row = {"key": mode, "config_name": CONFIGS[mode], "status": "measured",
            "enable_prefix_caching": r.labels.get("enable_prefix_caching"), "block_size": r.capacity.block_size,
-           "num_requests": workload.num_requests, "prefix_len": workload.prefix_len,
-           "prompt_len": workload.prompt_len, "num_prefixes": workload.num_prefixes,
+           "num_requests": workload.source.num_requests, "prefix_len": workload.source.prefix_len,
+           "prompt_len": workload.source.prompt_len, "num_prefixes": workload.source.num_prefixes,
            "prefix_cache_queries": counters.queries if counters else None,
            "prefix_cache_hits": counters.hits if counters else None,
            "hit_rate": counters.hit_rate if counters else None,
-           "expected_hit_rate": expected_prefix_hit_rate(specs, r.capacity.block_size, workload.num_prefixes)
+           "expected_hit_rate": expected_prefix_hit_rate(specs, r.capacity.block_size, workload.source.num_prefixes)
            if mode == "on" else 0.0,
            **kv_saving(counters.hits if counters else 0.0, r.capacity), "notes": r.notes,
            **serving_row(r.measurement)}

@@ -231,7 +231,7 @@ def bound_value(bound: Bound, measure: Callable[[str, Workload], "Measurement"],
         if metric == "batch_efficiency":
             loaded, single = valid(config, workload), valid(config, single_stream(workload))
             eff = batch_efficiency(loaded.value("output_throughput"), single.value("output_throughput"),
-                                   workload.concurrency or workload.num_requests)
+                                   workload.load.concurrency or workload.source.num_requests)
             if eff is None:
                 raise MissingFigure("batch_efficiency: undefined for a workload at concurrency 1")
             return eff

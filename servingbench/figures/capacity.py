@@ -109,10 +109,10 @@ def point(m: Measurement, rate: float, slo: SLO) -> RatePoint:
 
 
 def find_capacity(workload: Workload, measure: Callable[[Workload], Measurement]) -> Capacity:
-    """Search ``workload.rates``; ``measure(w)`` runs one rate's workload (the session caches it)."""
-    if not workload.rates:
+    """Search ``workload.sweep.rates``; ``measure(w)`` runs one rate's workload (the session caches it)."""
+    if not workload.sweep.rates:
         raise MissingFigure(f"capacity_rps: workload {workload.name!r} has no rates to sweep")
-    slo = SLO(ttft_ms=workload.slo_ttft_ms, tpot_ms=workload.slo_tpot_ms)
+    slo = SLO(ttft_ms=workload.sweep.slo_ttft_ms, tpot_ms=workload.sweep.slo_tpot_ms)
     points: list[RatePoint] = []
     slo_d = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms}
 
@@ -124,7 +124,7 @@ def find_capacity(workload: Workload, measure: Callable[[Workload], Measurement]
     met: float | None = None
     missed: float | None = None  # lowest rate that missed the SLO
     unreachable: float | None = None  # lowest rate the client could not offer (an invalid run)
-    for rate in workload.rates:
+    for rate in workload.sweep.rates:
         verdict = at(rate)
         if verdict is None:
             unreachable = rate
@@ -138,7 +138,7 @@ def find_capacity(workload: Workload, measure: Callable[[Workload], Measurement]
                         points)
     if missed is None and unreachable is None:
         return Capacity(float(met), "top", slo_d, points)
-    for _ in range(workload.capacity_steps):
+    for _ in range(workload.sweep.capacity_steps):
         upper = min(x for x in (missed, unreachable) if x is not None)
         mid = round(math.sqrt(met * upper), 3)
         if not met < mid < upper:

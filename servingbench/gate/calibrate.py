@@ -161,7 +161,7 @@ def run(opts: CalibrationOptions, log=print) -> tuple[RoundsFile, str, Path]:
     for config, ones in singles.items():
         loaded = [r.figures["output_throughput"] for r in rounds if r.config == config]
         w = bench.workload(table, "lab", config)
-        eff = batch_efficiency(median(loaded), median(ones), w.concurrency or w.num_requests)
+        eff = batch_efficiency(median(loaded), median(ones), w.load.concurrency or w.source.num_requests)
         if eff is not None:  # its spread is the loaded throughput's and the single-stream run's together
             efficiency[config] = (eff, math.hypot(log_spread(loaded), log_spread(ones)))
     calibration = RoundsFile(settings.provenance(), workloads, rounds)

@@ -50,12 +50,13 @@ def run(target: Target, workload: Workload, *, seed: int, timeout_s: float, code
     ``before_measured`` runs right before the measured part (after warm-up), for counter snapshots."""
     t = target
     shape = workload.shape(seed, timeout_s)
-    if workload.kind == "conversation":
+    if workload.source.kind == "conversation":
         convs = workload.conversations(t.vocab_size, seed, codec)
-        return Sent(asyncio.run(run_conversations(t.url, t.model, convs, shape, think_time_s=workload.think_time_s,
-                                                  api_key=t.api_key, before_measured=before_measured)))
+        return Sent(asyncio.run(run_conversations(t.url, t.model, convs, shape,
+                                                  think_time_s=workload.source.think_time_s, api_key=t.api_key,
+                                                  before_measured=before_measured)))
     trace = None
-    if workload.kind == "trace":  # its own schedule: the recorded arrival times, scaled
+    if workload.source.kind == "trace":  # its own schedule: the recorded arrival times, scaled
         trace = workload.trace(t.vocab_size, seed, t.max_model_len)
         specs, shape = trace.specs, workload.shape(seed, timeout_s, trace.offsets)
     else:
@@ -63,7 +64,8 @@ def run(target: Target, workload: Workload, *, seed: int, timeout_s: float, code
     warmup = workload.warmup_specs(t.vocab_size, seed)
     common = dict(api_key=t.api_key, warmup_specs=warmup, before_measured=before_measured)
     if hosts is not None:
-        per_node = hosts.per_node(workload.concurrency or workload.num_requests, workload.client_workers)
+        per_node = hosts.per_node(workload.load.concurrency or workload.source.num_requests,
+                                  workload.client.workers)
         result: LoadResult = hosts.run(t.url, t.model, specs, shape, per_node=per_node, label=label, **common)
     elif (workers := workload.workers()) > 1:
         result = run_load_workers(t.url, t.model, specs, shape, workers=workers, **common)

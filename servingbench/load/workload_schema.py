@@ -1,11 +1,13 @@
 """The typed form of a workload entry, checked when a table is loaded: every field's type and range.
 
-``load/workload.py`` builds the ``Workload`` from the entry's own values once this model accepts them (a checked
-value is never coerced: a workload's label hashes them, and saved measurements are found by that label), and the
-``Workload`` adds the checks that span fields (a dataset kind needs a file, a rate sweep needs an SLO).
+The entry stays flat; ``load/workload.py`` builds the ``Workload`` (a name and its parts: the request source, the
+load shape, the rate sweep, the client topology; ``workload.FLAT`` routes each field to its part) from the entry's
+own values once this model accepts them (a checked value is never coerced: a workload's label hashes them, and saved
+measurements are found by that label), and the ``Workload`` adds the checks that span fields (a dataset kind needs
+a file, a rate sweep needs an SLO).
 A load-shape value out of range (``concurrency = 0``, ``top_p = 7``, a negative rate) fails here, at load, not
 later in the load generator with a traceback. ``tests/unit/test_table_schema.py`` holds the fields equal to
-``Workload``'s.
+those of ``Workload``'s parts.
 """
 
 from __future__ import annotations

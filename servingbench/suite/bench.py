@@ -194,7 +194,7 @@ class Bench:
         m.figures.update(reasoning_figures(result.records))
         if counters is not None:
             m.figures.update(counters.spec_figures())
-        if counters is not None and workload.kind in ("conversation", "shared-prefix", "trace"):
+        if counters is not None and workload.source.kind in ("conversation", "shared-prefix", "trace"):
             m.figures.update(counters.figures(result.records, m.kv_cache.get("block_size"),
                                               prompts=trace.prompts if trace is not None else None))
         if after is not None:
@@ -221,7 +221,7 @@ class Bench:
         concurrency and worker count in a session): a note on the run, and a broken precondition when the
         client adds more to the median TTFT than the workload allows."""
         conc = result.shape.concurrency
-        if conc is None or conc < SELF_TEST_CONCURRENCY or workload.kind == "conversation":
+        if conc is None or conc < SELF_TEST_CONCURRENCY or workload.source.kind == "conversation":
             return []
         hosts = self.ray_hosts(workload)
         if hosts is None:
@@ -230,11 +230,11 @@ class Bench:
                 self._self_tests[key] = self_test(conc, workers=key[1])
         else:  # the same client as the run: as many Ray actors, on the same nodes
             hosts.check_url("http://127.0.0.1")  # the peer listens on this host's loopback
-            key = (conc, hosts.per_node(conc, workload.client_workers) * len(hosts.nodes), "ray")
+            key = (conc, hosts.per_node(conc, workload.client.workers) * len(hosts.nodes), "ray")
             if key not in self._self_tests:
                 self._self_tests[key] = self_test(conc, workers=key[1], make_worker=hosts.make_worker)
         st = self._self_tests[key]
-        problem = st.check(workload.max_client_ttft_error_ms)
+        problem = st.check(workload.client.max_ttft_error_ms)
         if problem:
             invalid.append(problem)
         return [client_error_note(result, st)]
@@ -242,7 +242,7 @@ class Bench:
     def ray_hosts(self, workload: Workload) -> Any:
         """The Ray cluster's nodes as client hosts where the workload (``client_hosts = "ray"``) or the session
         (``--ray-address``) asks for them, else None; multi-turn runs stay in one process."""
-        if workload.kind == "conversation" or (workload.client_hosts != "ray" and not self.ray_address):
+        if workload.source.kind == "conversation" or (workload.client.hosts != "ray" and not self.ray_address):
             return None
         if self._ray is None:
             from servingbench.load.ray_workers import RayHosts

@@ -201,7 +201,7 @@ def _slow(data, chat):
 sse.chunk_content = _slow
 
 def test_saturating_run(bench):
-    m = bench.measure("vllm", Workload("saturate", num_requests=16, concurrency=16, prompt_len=8, output_len=200,
+    m = bench.measure("vllm", Workload.of("saturate", num_requests=16, concurrency=16, prompt_len=8, output_len=200,
                                        warmup_requests=0))
     assert m.metrics.failed == 0
 '''

@@ -61,7 +61,7 @@ INNER_TESTS = textwrap.dedent('''
 
     def test_measuring(bench):
         announce(bench.pool.get(bench.config("hf")))
-        bench.measure("hf", Workload("long", num_requests=2000, concurrency=4, prompt_len=16, output_len=64,
+        bench.measure("hf", Workload.of("long", num_requests=2000, concurrency=4, prompt_len=16, output_len=64,
                                      warmup_requests=0))
 
     def test_with_a_broken_fixture(broken):

@@ -91,7 +91,7 @@ def bench(model_dir: str, tmp_path: Path) -> Iterator[Bench]:
 
 def test_server_killed_mid_run_loses_nothing_measured(bench: Bench, tmp_path: Path) -> None:
     """SIGKILL of the server's whole group while a measurement runs through ``Bench.measure``."""
-    workload = Workload("killed", num_requests=40, concurrency=2, prompt_len=16, output_len=16, warmup_requests=0)
+    workload = Workload.of("killed", num_requests=40, concurrency=2, prompt_len=16, output_len=16, warmup_requests=0)
     killed: dict[str, Any] = {}
 
     def killer() -> None:

@@ -95,7 +95,7 @@ INNER_TEST = textwrap.dedent('''
         with pytest.raises(urllib.error.HTTPError) as e:  # the server really requires the key
             urllib.request.urlopen(req, timeout=30)
         assert e.value.code == 401
-        m = bench.measure("hf", Workload("tiny", num_requests=4, concurrency=2, prompt_len=8, output_len=4,
+        m = bench.measure("hf", Workload.of("tiny", num_requests=4, concurrency=2, prompt_len=8, output_len=4,
                                          warmup_requests=1))
         assert (m.metrics.completed, m.metrics.failed) == (4, 0)
 ''')

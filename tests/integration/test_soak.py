@@ -324,7 +324,7 @@ def test_vllm_soak(vllm_bench: Bench) -> None:
                                 LoadShape(timeout_s=120), api_key=API_KEY))
     assert all(r.success for r in warm.records)
     before = telemetry.fetch_metrics(server.url, API_KEY)
-    workload = Workload("soak", num_requests=n, concurrency=None, request_rate=rate, prompt_len=prompt,
+    workload = Workload.of("soak", num_requests=n, concurrency=None, request_rate=rate, prompt_len=prompt,
                         output_len=out, warmup_requests=0)
     with ServerProbe(server.proc.pid) as probe:
         m = vllm_bench.measure("vllm", workload)

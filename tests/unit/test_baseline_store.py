@@ -177,7 +177,7 @@ def test_recorded_baseline_holds_the_samples_and_the_environment(project: Projec
             assert stats["rounds"] == samples.size and stats["min"] == samples.min() and stats["max"] == samples.max()
             assert stats["mean"] == pytest.approx(samples.mean(), rel=1e-12)
             assert stats["median"] == pytest.approx(np.median(samples), rel=1e-12)
-            assert b["extra_info"]["workload"]["num_requests"] == workload.num_requests
+            assert b["extra_info"]["workload"]["num_requests"] == workload.source.num_requests
             assert b["extra_info"]["engine_config"] == {"engine": config} and b["group"] == metric
             assert b["options"]["timer"] == "servingbench_sample_clock"
     spt = benches["test_baseline[vllm-s_per_output_token]"]["stats"]

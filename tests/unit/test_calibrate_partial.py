@@ -35,7 +35,7 @@ class DyingSession:
         self.lifetime, self.pool = 0, self
 
     def workload(self, table: Any, name: str, config: str) -> Workload:
-        return Workload(name, 4, 2, prompt_len=8, output_len=4)
+        return Workload.of(name, 4, 2, prompt_len=8, output_len=4)
 
     def measure(self, config: str, workload: Workload, round: int = 0) -> Measurement:
         if self.lifetime == 1 and round == 3:

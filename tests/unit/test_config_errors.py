@@ -37,7 +37,8 @@ def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bench_mod.Bench:
 
 def test_a_broken_workload_under_server_url_raises_a_config_error_not_a_skip(remote, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.jsonl"
-    broken = Workload("lab", 4, 2, 8, 5, kind="dataset", dataset=str(missing), warmup_requests=0)
+    broken = Workload.of("lab", 4, 2, prompt_len=8, output_len=5, kind="dataset", dataset=str(missing),
+                         warmup_requests=0)
     for _ in range(2):  # the second call answers from the session's cache, the same way
         with pytest.raises(ConfigError, match="nowhere.jsonl") as e:
             remote.measure("vllm", broken)
@@ -47,7 +48,8 @@ def test_a_broken_workload_under_server_url_raises_a_config_error_not_a_skip(rem
 
 def test_an_unavailable_server_is_still_a_server_unavailable(remote) -> None:
     with pytest.raises(ServerUnavailable, match="needs a server this suite starts"):
-        remote.measure("hf", Workload("lab", 4, 2, 8, 5), config=remote.settings.server_config("hf"))
+        remote.measure("hf", Workload.of("lab", 4, 2, prompt_len=8, output_len=5),
+                       config=remote.settings.server_config("hf"))
 
 
 def test_config_error_is_one_class_everywhere_and_a_dataset_error_is_one() -> None:
@@ -80,8 +82,10 @@ def test_measure_or_skip_fails_a_broken_workload_under_server_url_and_still_skip
     from servingbench.plugin import fixtures
 
     measure_or_skip = fixtures.measure_or_skip._get_wrapped_function()(remote)
-    broken = Workload("lab", 4, 2, 8, 5, kind="dataset", dataset=str(tmp_path / "nowhere.jsonl"))
+    broken = Workload.of("lab", 4, 2, prompt_len=8, output_len=5, kind="dataset",
+                         dataset=str(tmp_path / "nowhere.jsonl"))
     with pytest.raises(pytest.fail.Exception, match="nowhere.jsonl"):
         measure_or_skip("vllm", broken)
     with pytest.raises(pytest.skip.Exception, match="needs a server this suite starts"):
-        measure_or_skip("hf", Workload("lab", 4, 2, 8, 5), config=remote.settings.server_config("hf"))
+        measure_or_skip("hf", Workload.of("lab", 4, 2, prompt_len=8, output_len=5),
+                        config=remote.settings.server_config("hf"))

@@ -38,7 +38,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_a_closed_loop_in_one_process(calls: list) -> None:
-    w = Workload("lab", 6, 2, 16, 4, warmup_requests=1, client_workers=1)
+    w = Workload.of("lab", 6, 2, prompt_len=16, output_len=4, warmup_requests=1, client_workers=1)
     sent = run(TARGET, w, seed=1, timeout_s=30.0)
     (name, kw), = calls
     assert name == "run_load" and sent.result == "run_load" and sent.trace is None
@@ -47,7 +47,7 @@ def test_a_closed_loop_in_one_process(calls: list) -> None:
 
 
 def test_worker_processes_and_ray_hosts(calls: list) -> None:
-    run(TARGET, Workload("lab", 8, 4, 16, 4, client_workers=2), seed=1, timeout_s=30.0)
+    run(TARGET, Workload.of("lab", 8, 4, prompt_len=16, output_len=4, client_workers=2), seed=1, timeout_s=30.0)
     assert calls[-1][0] == "run_load_workers" and calls[-1][1]["workers"] == 2
 
     class Hosts:
@@ -58,12 +58,13 @@ def test_worker_processes_and_ray_hosts(calls: list) -> None:
             calls.append(("ray", kw))
             return "ray"
 
-    sent = run(TARGET, Workload("lab", 8, 4, 16, 4), seed=1, timeout_s=30.0, hosts=Hosts(), label="k")  # type: ignore[arg-type]
+    sent = run(TARGET, Workload.of("lab", 8, 4, prompt_len=16, output_len=4), seed=1, timeout_s=30.0,
+               hosts=Hosts(), label="k")  # type: ignore[arg-type]
     assert sent.result == "ray" and calls[-1][1]["per_node"] == 3 and calls[-1][1]["label"] == "k"
 
 
 def test_a_conversation_stays_in_one_process_even_with_hosts(calls: list) -> None:
-    w = Workload("chat", 2, 2, 16, 4, kind="conversation", turns=3, endpoint="chat")
+    w = Workload.of("chat", 2, 2, prompt_len=16, output_len=4, kind="conversation", turns=3, endpoint="chat")
     run(TARGET, w, seed=1, timeout_s=30.0, hosts=None)
     (name, kw), = calls
     assert name == "run_conversations" and len(kw["items"]) == 2 and kw["think_time_s"] == 0.0
@@ -71,7 +72,7 @@ def test_a_conversation_stays_in_one_process_even_with_hosts(calls: list) -> Non
 
 def test_a_trace_brings_its_own_schedule(calls: list) -> None:
     path = str(resources.files("servingbench.data").joinpath("traces/mooncake_sample.jsonl"))
-    w = Workload("t", 5, None, kind="trace", dataset=path, time_scale=0.5, warmup_requests=0, block_tokens=16)
+    w = Workload.of("t", 5, None, kind="trace", dataset=path, time_scale=0.5, warmup_requests=0, block_tokens=16)
     sent = run(TARGET, w, seed=1, timeout_s=30.0)
     (name, kw), = calls
     assert name == "run_load" and sent.trace is not None and len(kw["items"]) == 5

@@ -59,11 +59,12 @@ def test_client_hosts_is_checked_by_the_schema_and_the_workload() -> None:
     assert entry_problems({"num_requests": 4, "concurrency": 2, "client_hosts": "ray"}) == ([], set())
     problems, fields = entry_problems({"num_requests": 4, "concurrency": 2, "client_hosts": "rays"})
     assert fields == {"client_hosts"} and "client_hosts = 'rays'" in problems[0]
-    assert Workload("w", 4, 2, 8, 4, client_hosts="ray").label != Workload("w", 4, 2, 8, 4).label
+    plain = Workload.of("w", 4, 2, prompt_len=8, output_len=4)
+    assert plain.replace(client_hosts="ray").label != plain.label
     with pytest.raises(ConfigError, match="client_hosts 'cloud'"):
-        Workload("w", 4, 2, 8, 4, client_hosts="cloud")
+        Workload.of("w", 4, 2, prompt_len=8, output_len=4, client_hosts="cloud")
     with pytest.raises(ConfigError, match='does not apply to kind "conversation"'):
-        Workload("w", 4, 2, 8, 4, kind="conversation", turns=2, client_hosts="ray")
+        Workload.of("w", 4, 2, prompt_len=8, output_len=4, kind="conversation", turns=2, client_hosts="ray")
 
 
 def test_joining_an_unreachable_cluster_names_the_address() -> None:

@@ -30,7 +30,7 @@ def test_the_readme_table_loads_and_holds_its_bounds(tmp_path: Path) -> None:
     table = load_table(path)
     assert [(b.hardware, b.config, b.metric) for b in table.bounds] == [
         ("any-gpu", "vllm", "failure_rate"), ("any-gpu", "vllm", "median_ttft_ms")]
-    assert table.workload("lab", gpu=True).concurrency == 16
+    assert table.workload("lab", gpu=True).load.concurrency == 16
 
 
 def test_the_readme_workflow_is_valid_yaml_running_the_table_with_junit() -> None:

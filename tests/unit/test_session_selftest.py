@@ -30,7 +30,7 @@ from servingbench.suite.run_settings import RunSettings
 from servingbench.suite.selftest import ErrorPercentiles, SelfTest
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, every request is refused at once
-WORKLOAD = Workload("lab", 4, 2, 8, 5, warmup_requests=0)
+WORKLOAD = Workload.of("lab", 4, 2, prompt_len=8, output_len=5, warmup_requests=0)
 
 
 @pytest.fixture

@@ -109,9 +109,9 @@ def test_expected_hit_rate_of_the_cpu_study_mix() -> None:
     w = params.workload()
     specs = w.specs(8192, seed=0)
     # 24 requests of 288 tokens sharing 256 (two 128-token blocks): the 23 after the first reuse 256 each
-    assert expected_prefix_hit_rate(specs, 128, w.num_prefixes) == pytest.approx(23 * 256 / (24 * 288))
+    assert expected_prefix_hit_rate(specs, 128, w.source.num_prefixes) == pytest.approx(23 * 256 / (24 * 288))
     # with 96-token blocks only two full blocks (192 tokens) of the prefix are reusable
-    assert expected_prefix_hit_rate(specs, 96, w.num_prefixes) == pytest.approx(23 * 192 / (24 * 288))
+    assert expected_prefix_hit_rate(specs, 96, w.source.num_prefixes) == pytest.approx(23 * 192 / (24 * 288))
 
 
 def test_kv_saving_counts_blocks_and_bytes() -> None:

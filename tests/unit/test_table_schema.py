@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from servingbench.errors import ConfigError
-from servingbench.load.workload import Workload, workload_from
+from servingbench.load.workload import FLAT, PARTS, REQUIRED, RUNTIME, Workload, workload_from
 from servingbench.load.workload_schema import WorkloadEntry
 from servingbench.errors import TableLines
 from servingbench.expect.bounds import load_table
@@ -120,11 +120,16 @@ def test_the_shipped_tables_pass_the_typed_load() -> None:
 
 
 def test_the_workload_schema_has_every_field_of_workload_with_its_default() -> None:
-    fields = {f.name: f for f in dataclasses.fields(Workload) if f.name != "name"}
-    assert set(WorkloadEntry.model_fields) == set(fields)
-    for name, f in fields.items():
-        mine = WorkloadEntry.model_fields[name]
-        if f.default is dataclasses.MISSING:
+    """The flat entry names every field of Workload's parts once (the load shape's runtime fields aside), with the
+    part's default; the two required ones are required."""
+    parts = {name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in PARTS.items()}
+    declared = {(name, f) for name, fields in parts.items() for f in fields} - {("load", f) for f in RUNTIME}
+    assert [f.name for f in dataclasses.fields(Workload)] == ["name", *PARTS]
+    assert sorted(FLAT.values()) == sorted(declared) and len(set(FLAT.values())) == len(FLAT)
+    assert set(WorkloadEntry.model_fields) == set(FLAT)
+    for name, (part, attr) in FLAT.items():
+        mine, f = WorkloadEntry.model_fields[name], parts[part][attr]
+        if name in REQUIRED:
             assert mine.is_required(), name
         else:
             assert mine.default == f.default or (math.isinf(f.default) and math.isinf(mine.default)), name
@@ -135,8 +140,8 @@ def test_a_checked_entry_keeps_its_own_values_so_labels_do_not_move() -> None:
     entry = {"num_requests": 8, "concurrency": 2, "request_rate": 4, "temperature": 1, "rates": [1, 2],
              "slo_ttft_ms": 100}
     w = workload_from("w", entry)
-    assert w == Workload("w", 8, 2, request_rate=4, temperature=1, rates=(1, 2), slo_ttft_ms=100)
-    assert type(w.request_rate) is int and w.label == Workload("w", 8, 2, request_rate=4, temperature=1,
+    assert w == Workload.of("w", 8, 2, request_rate=4, temperature=1, rates=(1, 2), slo_ttft_ms=100)
+    assert type(w.load.request_rate) is int and w.label == Workload.of("w", 8, 2, request_rate=4, temperature=1,
                                                              rates=(1, 2), slo_ttft_ms=100).label
 
 

@@ -51,7 +51,7 @@ def bound(metric: str, lo: float | None = None, hi: float | None = None, hardwar
 
 
 def lab() -> Workload:
-    return Workload("lab", 4, 2, 8, 5)
+    return Workload.of("lab", 4, 2, prompt_len=8, output_len=5)
 
 
 # ---- an all-failed run can never pass -------------------------------------------------------------------------------

@@ -259,7 +259,8 @@ TRACE = {"kind": "trace", "dataset": "t.jsonl", "num_requests": 4, "concurrency"
 
 def test_a_trace_entry_loads_with_its_fields(tmp_path: Path) -> None:
     w = workload_from("tr", TRACE, base_dir=tmp_path)
-    assert (w.kind, w.dataset, w.time_scale, w.block_tokens, w.trace_block_tokens, w.trace_start) == \
+    s = w.source
+    assert (s.kind, s.dataset, s.time_scale, s.block_tokens, s.trace_block_tokens, s.trace_start) == \
         ("trace", str(tmp_path / "t.jsonl"), 0.5, 32, 512, 2)
     assert not w.sends_text and w.label != workload_from("tr", {**TRACE, "time_scale": 1.0}).label
 
@@ -284,7 +285,7 @@ def test_a_bad_trace_entry_names_the_field_and_the_fix(change: dict, expected: s
 
 
 def test_a_trace_runs_open_loop_on_its_schedule_with_a_deadline_past_its_span() -> None:
-    w = Workload("tr", 3, 8, kind="trace", dataset="t.jsonl")
+    w = Workload.of("tr", 3, 8, kind="trace", dataset="t.jsonl")
     shape = w.shape(seed=1, timeout_s=60, offsets=(0.0, 1.0, 100.0))
     assert shape.open_loop and shape.arrivals(3) == [0.0, 1.0, 100.0]
     assert shape.deadline_s == pytest.approx(w.derived_deadline(60) + 100.0)
@@ -328,7 +329,7 @@ def test_the_readme_example_loads_and_its_error_is_the_one_a_bad_line_gets(tmp_p
     table = tomllib.loads(re.search(r"```toml\n(.*?)```", part, re.S).group(1))
     for variant in ("cpu", "gpu"):
         w = workload_from("mooncake", table["workloads"]["mooncake"][variant], base_dir=tmp_path)
-        assert w.kind == "trace" and w.dataset == str(tmp_path / "traces" / "mooncake.jsonl")
+        assert w.source.kind == "trace" and w.source.dataset == str(tmp_path / "traces" / "mooncake.jsonl")
     p = write(tmp_path, "mooncake.jsonl", '{"timestamp": 0, "input_length": 3, "output_length": 1, "hash_ids": [0]}\n'
                                           '{"timestamp": 5, "input_length": 3, "output_length": 1, "hash_ids": "7"}\n')
     with pytest.raises(DatasetError) as e:

@@ -85,7 +85,7 @@ def test_token_count_notes_name_the_disagreement() -> None:
 ])
 def test_only_text_workloads_need_the_tokenizer(fields: dict, text: bool) -> None:
     """Token-id prompts are counted exactly by the client without one; text prompts need the model's own."""
-    assert Workload("w", 4, 1, **fields).sends_text is text
+    assert Workload.of("w", 4, 1, **fields).sends_text is text
 
 
 # -- the payload: natural stops and sampling ---------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_an_invalid_run_fails_every_figure_with_the_reason() -> None:
     from servingbench.expect.bounds import Bound, check
 
     bound = Bound("any-cpu", "*", "vllm", "output_throughput", 1.0, None, "lab", "test", "t.toml:1")
-    problem = check(bound, lambda c, w: m, lambda c: Workload("lab", 1, 1))
+    problem = check(bound, lambda c, w: m, lambda c: Workload.of("lab", 1, 1))
     assert problem is not None and "the run is invalid: behind schedule" in problem
 
 
@@ -217,19 +217,19 @@ def _measurement_at(rate: float, capacity: float) -> Measurement:
 
 
 def test_capacity_search_bisects_between_met_and_missed() -> None:
-    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
+    w = Workload.of("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
     seen: list[float] = []
 
     def measure(x: Workload) -> Measurement:
-        seen.append(x.request_rate)
-        assert x.concurrency is None and not x.rates
-        return _measurement_at(x.request_rate, capacity=6.0)
+        seen.append(x.load.request_rate)
+        assert x.load.concurrency is None and not x.sweep.rates
+        return _measurement_at(x.load.request_rate, capacity=6.0)
 
     cap = find_capacity(w, measure)
     assert seen[:3] == [1.0, 4.0, 16.0] and len(seen) == 6
     assert cap.bounded_by == "search" and 4.0 <= cap.capacity_rps <= 6.0 and cap.capacity_rps > 5.0, cap
-    assert find_capacity(w, lambda x: _measurement_at(x.request_rate, 100.0)).bounded_by == "top"
-    bottom = find_capacity(w, lambda x: _measurement_at(x.request_rate, 0.5))
+    assert find_capacity(w, lambda x: _measurement_at(x.load.request_rate, 100.0)).bounded_by == "top"
+    bottom = find_capacity(w, lambda x: _measurement_at(x.load.request_rate, 0.5))
     assert (bottom.capacity_rps, bottom.bounded_by) == (0.0, "bottom")
 
 
@@ -238,14 +238,14 @@ LATE = "behind schedule: the open-loop client sent requests late"
 
 def _search_with_invalid(bad_at: int, capacity: float = 6.0) -> tuple[Capacity, list[float]]:
     """The search of rates 1, 4, 16 with 3 bisections, where the ``bad_at``-th run is invalid (client late)."""
-    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
+    w = Workload.of("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
     seen: list[float] = []
 
     def measure(x: Workload) -> Measurement:
-        m = _measurement_at(x.request_rate, capacity)
+        m = _measurement_at(x.load.request_rate, capacity)
         if len(seen) == bad_at:
             m.invalid = [LATE]
-        seen.append(x.request_rate)
+        seen.append(x.load.request_rate)
         return m
 
     return find_capacity(w, measure), seen
@@ -279,8 +279,8 @@ def test_a_capacity_known_from_below_decides_a_min_and_an_exceeded_max_only() ->
     with pytest.raises(MissingFigure, match=r"at least 4\.757 req/s, since the client could not offer 5\.657 "
                                             r"req/s on this machine \(behind schedule"):
         client.figure(lower_bound_decides=False)
-    top = find_capacity(Workload("s", 10, None, rates=(1.0, 4.0), slo_ttft_ms=500.0),
-                        lambda x: _measurement_at(x.request_rate, 100.0))
+    top = find_capacity(Workload.of("s", 10, None, rates=(1.0, 4.0), slo_ttft_ms=500.0),
+                        lambda x: _measurement_at(x.load.request_rate, 100.0))
     with pytest.raises(MissingFigure, match="at least 4 req/s, since every swept rate met the SLO"):
         top.figure(lower_bound_decides=False)
     none, _ = _search_with_invalid(0)
@@ -290,16 +290,16 @@ def test_a_capacity_known_from_below_decides_a_min_and_an_exceeded_max_only() ->
     assert not searched.at_least and searched.figure(lower_bound_decides=False) == 5.657
 
     # through the table's check: a min is settled by the lower bound; a max only once the lower bound exceeds it
-    w = Workload("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
+    w = Workload.of("s", 10, None, rates=(1.0, 4.0, 16.0), slo_ttft_ms=500.0, capacity_steps=3)
 
     def verdict(lo: float | None, hi: float | None) -> str | None:
         calls: list[float] = []
 
         def measure(config: str, x: Workload) -> Measurement:
-            m = _measurement_at(x.request_rate, 6.0)
+            m = _measurement_at(x.load.request_rate, 6.0)
             if len(calls) == 4:
                 m.invalid = [LATE]
-            calls.append(x.request_rate)
+            calls.append(x.load.request_rate)
             return m
 
         b = Bound("any-cpu", "*", "vllm", "capacity_rps", lo, hi, "s", "test", "t.toml:1")
@@ -327,16 +327,16 @@ def test_each_rate_of_a_sweep_runs_for_the_same_time_not_the_same_count() -> Non
     """#28 item 7: with a fixed count, 40 requests at 64 req/s arrived within 0.6 s (no steady state); each rate now
     gets ``rate_seconds`` of arrivals, with ``num_requests`` as the floor, and a sweep judged on p99s of fewer than
     100 requests says so."""
-    w = Workload("s", 40, None, rates=(1.0, 4.0, 64.0), slo_ttft_ms=500.0)
-    assert w.rate_seconds == 30.0
-    assert [w.at_rate(r).num_requests for r in (1.0, 4.0, 64.0, 0.5)] == [40, 120, 1920, 40]
+    w = Workload.of("s", 40, None, rates=(1.0, 4.0, 64.0), slo_ttft_ms=500.0)
+    assert w.sweep.rate_seconds == 30.0
+    assert [w.at_rate(r).source.num_requests for r in (1.0, 4.0, 64.0, 0.5)] == [40, 120, 1920, 40]
     short = w.replace(rate_seconds=2.5)
-    assert [short.at_rate(r).num_requests for r in (1.0, 16.0, 16.1)] == [40, 40, 41]
-    assert w.replace(rate_seconds=None).at_rate(64.0).num_requests == 40  # the old fixed count, where asked for
+    assert [short.at_rate(r).source.num_requests for r in (1.0, 16.0, 16.1)] == [40, 40, 41]
+    assert w.replace(rate_seconds=None).at_rate(64.0).source.num_requests == 40  # the old fixed count, where asked for
     for bad in (0, -1.0, math.inf, "10"):
         with pytest.raises(ConfigError, match="rate_seconds"):
             workload_from("s", {"num_requests": 4, "concurrency": None, "rates": [1], "slo_ttft_ms": 100, "rate_seconds": bad})
-    cap = find_capacity(short.replace(rates=(1.0, 4.0)), lambda x: _measurement_at(x.request_rate, 100.0))
+    cap = find_capacity(short.replace(rates=(1.0, 4.0)), lambda x: _measurement_at(x.load.request_rate, 100.0))
     assert [p.requests for p in cap.points] == [10, 10]  # the injected runs hold 10 requests each
     assert cap.notes == ["the p99s at 1, 4 req/s are over fewer than 100 requests, where a p99 is close to the "
                          "maximum; raise num_requests or rate_seconds"] and cap.to_dict()["notes"] == cap.notes
