@@ -2,7 +2,7 @@
 # Live measurement of the regression gate on one GPU (issue #29 item 6, GPU part). Runs detached:
 #   setsid nohup bash /root/job/job.sh > /root/g/job.log 2>&1 &
 # From /root/repo (a private copy of the repo, so later calls' tree syncs cannot touch it). Writes to $G (/root/g).
-# PLAN=full (default) | slim | extras (EXTRAS only: calib, stored2, perf, hf, selftest). Phases (each saved as it completes):
+# PLAN=full (default) | slim | extras (EXTRAS only: perf, stored, calib, stored2, hf, selftest). Phases (each saved as it completes):
 #   servers  A (8001) and B (8002), the GPU profile's vLLM config at --gpu-memory-utilization 0.42 each; B is started
 #            once A has allocated its KV cache (vLLM's memory profiling counts another process's allocations as its own)
 #   aa1 aa2  A/A: pytest perf/test_gate.py --gate --gpu --server-url A --ab-server-url B --gate-rounds 3
@@ -166,6 +166,13 @@ PYEOF
     $PY -m pytest perf/test_lab_load.py -k "${PERF_K:-vllm}" --gpu "${PLUGIN[@]}" -p no:cacheprovider --report \
       --results-dir "$G/perf" --junitxml "$G/perf.xml" -o addopts="-ra --benchmark-disable-gc" > "$G/perf.log" 2>&1
     say "perf: exit $?"
+  fi
+  if has stored; then  # #29 item 6: a new lifetime the suite starts, against the committed rounds.json of an earlier lease
+    gate stored -k vllm --gate-lifetimes "${STORED_L:-1}"
+    if grep -q "recorded on something else" "$G/stored.log"; then
+      mv "$G/stored.log" "$G/stored-refused.log"; rm -rf "$G/stored"
+      gate stored -k vllm --gate-lifetimes "${STORED_L:-1}" --gate-allow-mismatch all
+    fi
   fi
   if has calib; then
     say "calibrate: start"
