@@ -158,9 +158,10 @@ PYEOF
   has selftest && selftests idle-servers
   stop_server A; stop_server B; gpu_free_wait
  fi
-  # PLAN=extras: only the phases named in EXTRAS, no gate runs above. perf first (its cold start fills the compile
-  # cache, so the calibration's restarts are warm), then the calibration (what the gate reads next lease), then a
-  # stored-baseline run against what it wrote (a new lifetime the suite starts: an A/A across restarts)
+  # PLAN=extras: only the phases named in EXTRAS, no gate runs above, in this order: perf (its cold start fills the
+  # compile cache, so later restarts are warm), stored (against the committed rounds.json), hf, then the calibration
+  # (what the gate reads next lease; last, as the longest, so a short lease loses only it) and a stored-baseline run
+  # against what it wrote (a new lifetime the suite starts: an A/A across restarts)
   if has perf; then  # ---- #26 item 2: energy per token (lab load at c10 and its single-stream c1) on vLLM
     say "perf lab load --gpu --report: start"
     $PY -m pytest perf/test_lab_load.py -k "${PERF_K:-vllm}" --gpu "${PLUGIN[@]}" -p no:cacheprovider --report \
@@ -174,15 +175,6 @@ PYEOF
       gate stored -k vllm --gate-lifetimes "${STORED_L:-1}" --gate-allow-mismatch all
     fi
   fi
-  if has calib; then
-    say "calibrate: start"
-    timeout "${CALIB_S:-600}" $PY -m servingbench.cli calibrate --gpu --configs vllm --lifetimes "${CALIB_L:-4}" \
-      --rounds "${CALIB_R:-2}" --baseline-dir "$G/calib-baselines" --results-dir "$G/calib" --no-write > "$G/calib.log" 2>&1
-    say "calibrate: exit $?"
-  fi
-  if has stored2; then
-    gate stored2 -k vllm --baseline-dir "$G/calib-baselines" --gate-lifetimes "${STORED_L:-1}"
-  fi
   # ---- #26 item 2, HF: the lab's gpu-hf row shortened in this private copy (HF_N requests x HF_LEN tokens), so it fits
   if has hf; then
     cp perf/expected_performance.toml "$G/table.orig"
@@ -193,6 +185,15 @@ PYEOF
       --report --results-dir "$G/perf-hf" -o addopts="-ra --benchmark-disable-gc" > "$G/perf-hf.log" 2>&1
     say "perf hf: exit $?"
     cp "$G/table.orig" perf/expected_performance.toml
+  fi
+  if has calib; then
+    say "calibrate: start"
+    timeout "${CALIB_S:-600}" $PY -m servingbench.cli calibrate --gpu --configs vllm --lifetimes "${CALIB_L:-4}" \
+      --rounds "${CALIB_R:-2}" --baseline-dir "$G/calib-baselines" --results-dir "$G/calib" --no-write > "$G/calib.log" 2>&1
+    say "calibrate: exit $?"
+  fi
+  if has stored2; then
+    gate stored2 -k vllm --baseline-dir "$G/calib-baselines" --gate-lifetimes "${STORED_L:-1}"
   fi
   has selftest2 && selftests no-server
   say "all done in $(( $(date +%s) - T0 )) s"
