@@ -22,7 +22,7 @@ from typing import Any
 import matplotlib.image
 import pytest
 
-from servingbench.measure.measurement import Measurement, measurement_from_dict
+from servingbench.measure.measurement import Measurement
 from servingbench.measure.metrics import PERCENTILES, BenchmarkMetrics, Distribution
 from servingbench.measure.records import RequestRecord
 from servingbench.measure.telemetry import TelemetrySummary
@@ -236,6 +236,11 @@ def test_report_of_made_measurements(tmp_path: Path) -> None:
     assert table_row(md, "batch efficiency: T(C) / (C x T(1))")[1] == f"{be:.3f}"
     assert table_row(md, "memory utilization (of GPU, else host RAM)")[1] == "n/a"  # no telemetry: not 0%
     assert machine["headlines"] == {"vllm": four.key}
+    # report.html is self-contained: every figure inlined, none linked
+    pngs = list((tmp_path / "out" / "figures").glob("*.png"))
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert pngs and html.count("data:image/png;base64,") == len(pngs)
+    assert "src='figures/" not in html
 
 
 H100_TABLE = """
