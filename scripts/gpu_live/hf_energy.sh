@@ -13,10 +13,7 @@ mkdir -p /root/site /root/g /root/sbcache/models
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site \
   .gpuwheels/hfe/*.whl > /root/g/install.log 2>&1 || { tail -20 /root/g/install.log; exit 1; }
 cp -a .gpuwheels/hfe/models/* /root/sbcache/models/
-# --gpu checks at session start that vLLM's CUDA build can be found (plugin/state.py, so a GPU session without it
-# stops at once); this run starts only the HF engine, so an empty stand-in package satisfies the lookup. Nothing
-# imports it: a vLLM config, had one been selected, would fail on it with an ImportError.
-mkdir -p /root/site/vllm && : > /root/site/vllm/__init__.py
+# no vLLM here: --gpu needs its CUDA build only for selected vLLM configs (plugin/state.py, check_gpu_engines)
 echo "install done +$(( $(date +%s) - T0 ))s"
 export PYTHONPATH=/root/site:$PWD SERVINGBENCH_CACHE=/root/sbcache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,memory.used,power.draw,power.limit --format=csv,noheader

@@ -16,7 +16,7 @@ import pytest
 
 from servingbench.plugin import baselines, ci
 from servingbench.plugin.options import add_options
-from servingbench.plugin.state import STATE, resolve, state_of
+from servingbench.plugin.state import STATE, check_gpu_engines, resolve, state_of
 from servingbench.plugin.table import BoundItem, asserted_bounds, summary_text
 from servingbench.report.summary import hf_lines, text_table, write_summary
 from servingbench.servers.process import LEAKED, ServerProcess
@@ -123,13 +123,16 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Note what was collected (the baseline store checks it); measure the peak bandwidth now, before any server
-    holds the machine, when a selected MBU bound needs it and no datasheet figure is known."""
+    """Note what was collected (the baseline store checks it); under --gpu, stop now if a selected config needs
+    vLLM and it is missing; measure the peak bandwidth now, before any server holds the machine, when a selected MBU
+    bound needs it and no datasheet figure is known."""
     state = state_of(session.config)
     state.baselines.collected = {i.nodeid for i in session.items}
     state.asserted = asserted_bounds(session.items)
     if session.config.option.collectonly:
         return
+    starting = {n for i in session.items if not i.get_closest_marker("skip") for n in i.stash.get(NEEDS, ())}
+    check_gpu_engines(state, starting, session.config.getoption("--server-url", default=None))
     wanted = {b.base_metric for i in session.items if isinstance(b := _bound_of(i), Bound)}
     if wanted & {"mbu", "single_stream_mbu"}:
         state.peaks(state.tensor_parallel_size if state.gpu else 1)

