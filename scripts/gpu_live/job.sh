@@ -103,6 +103,19 @@ gate_stored() {  # [pytest args...]: the stored-baseline run against $BASE; a ba
 }
 AB=(--server-url http://127.0.0.1:8001 --ab-server-url http://127.0.0.1:8002)
 
+start_a_then() {  # name port [extra]: A on 8001, then this second server once A has allocated its KV cache.
+  # Capture starts after A's KV cache is allocated (and its compile cache written): the second server's memory
+  # profiling then sees only A's graph pool grow, and it finds A's compile cache warm.
+  start_server A 8001
+  for t in $(seq 1 450); do
+    grep -qE "Capturing CUDA graphs|Graph capturing finished" "$G/A.log" 2>/dev/null && break
+    healthy 8001 && break
+    alive A || { say "A exited"; tail -40 "$G/A.log"; exit 1; }
+    sleep 1
+  done
+  say "A has allocated its KV cache (capturing graphs, or up)"
+  start_server "$@"
+}
 gpu_free_wait() {  # until at most ~60% of the GPU's memory is used (B's has come back), 60 s at most
   [ "$DRYRUN" = 1 ] && return 0
   for _ in $(seq 1 60); do
@@ -117,15 +130,7 @@ if [ "${PLAN:-full}" = slim ] || [ "${PLAN:-full}" = extras ]; then
  if [ "$PLAN" = slim ]; then
   # ---- slim plan (little device time): A, then the eager B once A has allocated its KV cache; stored-baseline mode
   # on A while B starts; the planted slowdown; then B in A's config (warm compile cache) and the A/A ----
-  start_server A 8001
-  for t in $(seq 1 450); do
-    grep -qE "Capturing CUDA graphs|Graph capturing finished" "$G/A.log" 2>/dev/null && break
-    healthy 8001 && break
-    alive A || { say "A exited"; tail -40 "$G/A.log"; exit 1; }
-    sleep 1
-  done
-  say "A has allocated its KV cache (capturing graphs, or up)"
-  start_server Be 8002 --enforce-eager
+  start_a_then Be 8002 --enforce-eager
   wait_healthy A 8001 600 || exit 1
   gate_stored --server-url http://127.0.0.1:8001
   wait_healthy Be 8002 600 || exit 1
@@ -201,17 +206,7 @@ PYEOF
   exit 0
 fi
 # ---- servers: A, then B once A has allocated its KV cache (B then also finds A's compile cache warm) ----
-start_server A 8001
-for t in $(seq 1 450); do
-  # capture starts after A's KV cache is allocated (and its compile cache written): B's memory profiling then
-  # sees only A's graph pool grow
-  grep -qE "Capturing CUDA graphs|Graph capturing finished" "$G/A.log" 2>/dev/null && break
-  healthy 8001 && break
-  alive A || { say "A exited"; tail -40 "$G/A.log"; exit 1; }
-  sleep 1
-done
-say "A has allocated its KV cache (capturing graphs, or up)"
-start_server B 8002
+start_a_then B 8002
 wait_healthy A 8001 600 || exit 1
 wait_healthy B 8002 600 || exit 1
 grep -hE "GPU KV cache size|Available KV cache memory|torch.compile take|Graph capturing finished" "$G/A.log" "$G/B.log"
