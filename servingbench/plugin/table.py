@@ -114,16 +114,20 @@ def no_bounds_reason(state: PluginState) -> str:
 
 
 def tiers_text(state: PluginState, bounds: list[Bound]) -> str:
+    """How many of ``bounds`` are exact and portable; where the table itself has no exact row for this hardware and
+    model (not merely none selected: the summary's deselected count says that), why, and how to add them."""
     exact = sum(b.tier == "exact" for b in bounds)
     portable = len(bounds) - exact
     hw, model = state.hardware, state.model.name
     text = (f"hardware {hw.key} with model {model}: {exact} exact bound(s), {portable} portable bound(s) "
             f"(any-{hw.device_class})")
-    if not exact and state.table is not None:
+    if state.table is not None and not any(b.tier == "exact" for b in state.bounds()):
+        models = sorted({b.model for b in state.table.bounds if b.tier == "exact" and b.hardware == hw.key})
         keys = ", ".join(state.table.hardware_keys()) or "none"
-        text += (f"; the table has no exact rows for {hw.key} (it has: {keys}); "
-                 f"to add them, run `servingbench calibrate` on a quiet machine and review the [[expect]] rows it "
-                 f"proposes in {state.table.path}")
+        where = (f"the table's exact rows for {hw.key} are for model(s) {', '.join(models)}, not {model}" if models
+                 else f"the table has no exact rows for {hw.key} (it has: {keys})")
+        text += (f"; {where}; to add them, run `servingbench calibrate` on a quiet machine and review the [[expect]] "
+                 f"rows it proposes in {state.table.path}")
     return text
 
 

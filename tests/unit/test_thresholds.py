@@ -240,3 +240,27 @@ def test_a_bad_or_missing_table_is_a_usage_error_naming_it(tmp_path: Path) -> No
         assert "INTERNALERROR" not in done.stdout + done.stderr and "Traceback" not in done.stderr
         for needle in needles:
             assert needle in done.stderr, (needle, done.stderr)
+
+
+def _state(key: str, model: str):
+    from servingbench.plugin.state import PluginState
+    from servingbench.servers.models import get_model
+    return PluginState(True, Hardware(key, True, cores=16), get_model(model), TABLE, load_table(TABLE))
+
+
+def test_the_thresholds_line_tells_rows_deselected_from_rows_the_table_lacks() -> None:
+    """Seen on the H100 of 2026-12-07 (`-k "hf and batch_efficiency"`): the line said the table had no exact rows for
+    H100-SXM-80GB, listing H100-SXM-80GB among the keys it has; its rows were there, only deselected."""
+    from servingbench.plugin.table import summary_text
+    state = _state("H100-SXM-80GB", "llama-2-7b")
+    applying = state.bounds()
+    exact = [b for b in applying if b.tier == "exact"]
+    assert exact, "the table's H100 rows for llama-2-7b (what this test is about)"
+    line = summary_text(state, [])
+    assert "0 exact bound(s)" in line and "no exact rows" not in line and "calibrate" not in line, line
+    assert f"{len(applying)} more bound(s)" in line and "deselected" in line, line
+    assert f"{len(exact)} exact bound(s)" in summary_text(state, applying)
+    other_model = summary_text(_state("H100-SXM-80GB", "mistral-7b"), [])
+    assert "the table's exact rows for H100-SXM-80GB are for model(s) llama-2-7b, not mistral-7b" in other_model
+    new_box = summary_text(_state("B200-SXM-180GB", "llama-2-7b"), [])
+    assert "the table has no exact rows for B200-SXM-180GB (it has: " in new_box and "H100-SXM-80GB" in new_box
