@@ -7,7 +7,6 @@ thresholds do.
 
 from __future__ import annotations
 
-import importlib.util
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,7 @@ def check_gpu_engines(state: PluginState, config_names: set[str], server_url: st
     configs = state.table.configs
     vllm = sorted(n for n in config_names if n in configs and configs[n].get("engine") == "vllm"
                   and not configs[n].get("python"))
-    if vllm and importlib.util.find_spec("vllm") is None:
+    if vllm and missing_modules("vllm"):
         raise pytest.UsageError(f"--gpu: config(s) {', '.join(vllm)} start vLLM, whose CUDA build is not installed: "
                                 "SERVINGBENCH_EXTRA=gpu bash scripts/bootstrap.sh, or pip install -e '.[gpu]'; "
                                 "or select only the HF configs (-k hf)")

@@ -21,6 +21,9 @@ from servingbench.measure.telemetry import TelemetrySummary
 from servingbench.gate.calibrate import CalibrationOptions, prediction_spread, propose_rows, write_rows
 from servingbench.measure.rounds import Round, RoundsFile
 from servingbench.expect.bounds import Bound, check, load_table
+from servingbench.plugin.state import PluginState
+from servingbench.plugin.table import summary_text
+from servingbench.servers.models import get_model
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE = REPO / "perf" / "expected_performance.toml"
@@ -242,16 +245,13 @@ def test_a_bad_or_missing_table_is_a_usage_error_naming_it(tmp_path: Path) -> No
             assert needle in done.stderr, (needle, done.stderr)
 
 
-def _state(key: str, model: str):
-    from servingbench.plugin.state import PluginState
-    from servingbench.servers.models import get_model
+def _state(key: str, model: str) -> PluginState:
     return PluginState(True, Hardware(key, True, cores=16), get_model(model), TABLE, load_table(TABLE))
 
 
 def test_the_thresholds_line_tells_rows_deselected_from_rows_the_table_lacks() -> None:
     """Seen on the H100 of 2026-12-07 (`-k "hf and batch_efficiency"`): the line said the table had no exact rows for
     H100-SXM-80GB, listing H100-SXM-80GB among the keys it has; its rows were there, only deselected."""
-    from servingbench.plugin.table import summary_text
     state = _state("H100-SXM-80GB", "llama-2-7b")
     applying = state.bounds()
     exact = [b for b in applying if b.tier == "exact"]
