@@ -9,9 +9,9 @@ the table, between markers, with the margin rule in a comment. The user reviews 
 
 Lifetimes, not rounds, give the gate its degrees of freedom, hence ``DEFAULT_LIFETIMES``.
 
-The margin rule: a bound sits outside the median of the rounds by m = max(K x s, floor), where s is the spread of
-one future round in a new lifetime about the calibration's centre, ``s^2 = sL^2 + sr^2 + tau^2/L`` (restarts
-included), K = 4, and the floor is 15% on a CPU and 5% on a GPU. s is estimated from L lifetimes, so 4 x s is not
+The margin rule: a bound is the median of the rounds times exp(-/+ m), m = max(K x s, floor), where s is the spread
+(std of log) of one future round in a new lifetime about the calibration's centre, ``s^2 = sL^2 + sr^2 + tau^2/L``
+(restarts included), K = 4, and the floor is 15% below or above on a CPU and 5% on a GPU. s is estimated from L lifetimes, so 4 x s is not
 "under 1 in 1000": the false failures per bound are about P(t_df > 4), df from the lifetimes (0.5% at 5 df, 7.8% at
 1 df), and each row's comment says its own. The floor is there because a calibration sees one quiet afternoon,
 not every neighbour CI will have.
@@ -72,8 +72,18 @@ class CalibrationOptions:
     api_key: str | None = None
 
 
-def margin(spread: float, hardware: Hardware) -> float:
-    return max(K_SPREAD * spread, FLOOR[hardware.device_class])
+def margin(spread: float, hardware: Hardware, bound_side: str) -> float:
+    """The margin in log units, K x spread or the floor, whichever is wider. The spreads are of logs, so the bound
+    is median x exp(-/+ margin): K spreads on either side, and always positive (median x (1 - K x spread) was
+    below zero once the spread passed 25%). The floor stays relative: 15% below a min, 15% above a max on a CPU."""
+    floor = FLOOR[hardware.device_class]
+    return max(K_SPREAD * spread, -math.log1p(-floor) if bound_side == "min" else math.log1p(floor))
+
+
+def bound_at(value: float, log_margin: float, bound_side: str) -> tuple[float, float]:
+    """(the bound, its relative distance from ``value``) for a margin in log units."""
+    factor = math.exp(-log_margin if bound_side == "min" else log_margin)
+    return value * factor, abs(factor - 1)
 
 
 def prediction_spread(noise: Noise, lifetimes: int) -> tuple[float, float]:
@@ -198,29 +208,28 @@ def propose_rows(calibration: RoundsFile, hardware: Hardware, model: str,
             else:  # one lifetime: the restart's share is unknown, the total spread is all there is
                 s, df = spread[config].get(metric, 0.0), max(0.0, n[config] - 1.0)
                 why = f"spread {s:.1%} (one lifetime: restarts not in it)"
-            m = margin(s, hardware)
-            log_m = -math.log1p(-m) if bound_side == "min" else math.log1p(m)
+            log_m = margin(s, hardware, bound_side)
             rate = f", ~{stats.t.sf(log_m / s, df):.2g} false failures" if s > 0 and df > 0 else ""
-            bound = _sig(med * (1 - m) if bound_side == "min" else med * (1 + m))
-            lines.append(f'{metric} = {{ {bound_side} = {bound:g} }}    # median {med:.4g}, {why}, margin {m:.0%}'
-                         f'{rate}')
+            bound, m = bound_at(med, log_m, bound_side)
+            lines.append(f'{metric} = {{ {bound_side} = {_sig(bound):g} }}    # median {med:.4g}, {why}, margin '
+                         f'{m:.0%}{rate}')
         if config in efficiency:
             eff, s = efficiency[config]
-            m = margin(s, hardware)
-            side, bound = ("min", _sig(eff * (1 - m))) if eff >= 0.3 else ("max", _sig(eff * (1 + m)))
-            lines.append(f'batch_efficiency = {{ {side} = {bound:g} }}    # measured {eff:.3f}, spread {s:.1%}, '
+            side = "min" if eff >= 0.3 else "max"
+            bound, m = bound_at(eff, margin(s, hardware, side), side)
+            lines.append(f'batch_efficiency = {{ {side} = {_sig(bound):g} }}    # measured {eff:.3f}, spread {s:.1%}, '
                          f'margin {m:.0%}')
         if config != "hf" and "hf" in medians:
             ratio = medians[config]["output_throughput"] / medians["hf"]["output_throughput"]
             s = math.hypot(spread[config]["output_throughput"], spread["hf"]["output_throughput"])
-            m = margin(s, hardware)
-            lines.append(f'"output_throughput/hf" = {{ min = {_sig(ratio * (1 - m)):g} }}    # measured {ratio:.2f}x, '
+            bound, m = bound_at(ratio, margin(s, hardware, "min"), "min")
+            lines.append(f'"output_throughput/hf" = {{ min = {_sig(bound):g} }}    # measured {ratio:.2f}x, '
                          f'margin {m:.0%}')
         lines.append("failure_rate = { max = 0 }")
         out.append("\n".join(lines))
     head = (f"# Proposed by `servingbench calibrate` on {date} for {hardware.key} ({hardware.cpu or hardware.gpu_name}; "
-            f"identity {hardware.identity()}). Margin rule: bound = median x (1 -/+ m), m = max({K_SPREAD:g} x "
-            f"spread, {FLOOR[hardware.device_class]:.0%}); spread = that of one round in a new server lifetime "
+            f"identity {hardware.identity()}). Margin rule: bound = median x exp(-/+ m), m = max({K_SPREAD:g} x "
+            f"spread, the floor: {FLOOR[hardware.device_class]:.0%} below or above); spread = that of one round in a new server lifetime "
             f"(sL^2 + sr^2 + tau^2/L), false failures per bound ~P(t_df > m/spread). Review, then commit.")
     return head + "\n" + "\n\n".join(out) + "\n"
 
